@@ -1,0 +1,28 @@
+# Two commands matter: `make demo` and `make test`. Both build the virtual
+# environment on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,rocksdb,dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/funnel demo
+
+test: $(BIN)/.installed
+	TZ=UTC $(BIN)/ruff check schemas sinks streams tests
+	TZ=UTC $(BIN)/mypy
+	TZ=UTC $(BIN)/pytest tests
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check schemas sinks streams tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .funnel-data .pytest_cache .mypy_cache .ruff_cache *.egg-info

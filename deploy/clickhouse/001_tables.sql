@@ -1,0 +1,115 @@
+-- Funnel pipeline tables. Applied in file order by `funnel migrate` and at
+-- worker start; every statement is idempotent (statements split on ";", so
+-- no semicolons inside string literals). `{database}` is replaced by the
+-- configured database (default `funnel`).
+--
+-- Idempotency (at-least-once delivery, retried writes):
+--   * every insert carries insert_deduplication_token (table:topic/partition/
+--     offset range), and non_replicated_deduplication_window makes a retry of
+--     the same batch a no-op;
+--   * a replay after a crash forms different batches, so each table is also
+--     keyed by its natural id in a Replacing/Aggregating engine. Read with
+--     FINAL (the views below do) to see each row once before merges.
+
+CREATE DATABASE IF NOT EXISTS {database};
+
+-- Every valid event, normalized. Natural id: event_id.
+CREATE TABLE IF NOT EXISTS {database}.events
+(
+    event_id        UUID,
+    event_type      LowCardinality(String),
+    funnel          LowCardinality(String),
+    user_id         String,
+    ts              DateTime64(3, 'UTC'),
+    received_at     DateTime64(3, 'UTC'),
+    channel         LowCardinality(String) COMMENT 'as sent, empty when absent',
+    attributed_channel LowCardinality(String) COMMENT 'first-touch (or last-touch) channel',
+    campaign        String,
+    product         String,
+    region          String,
+    manager         String,
+    amount          Decimal(18, 4) COMMENT 'purchases only, else 0',
+    currency        LowCardinality(String),
+    order_id        String,
+    email_hash      String COMMENT 'keyed HMAC-SHA256 of the e-mail, never the address',
+    properties      Map(String, String),
+    source          String COMMENT 'topic:partition:offset it was read from'
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (funnel, event_type, event_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- First time a user reached a stage. Natural id: (funnel, stage, user_id).
+CREATE TABLE IF NOT EXISTS {database}.stage_entries
+(
+    funnel          LowCardinality(String),
+    stage           LowCardinality(String),
+    stage_index     UInt8,
+    user_id         String,
+    ts              DateTime64(3, 'UTC'),
+    channel         LowCardinality(String),
+    event_id        UUID
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (funnel, stage, user_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- A user advancing from their furthest stage to a later one (skips included).
+-- Natural id: (funnel, to_stage, user_id) - a stage is entered once.
+CREATE TABLE IF NOT EXISTS {database}.transitions
+(
+    funnel          LowCardinality(String),
+    from_stage      LowCardinality(String),
+    to_stage        LowCardinality(String),
+    from_index      UInt8,
+    to_index        UInt8,
+    user_id         String,
+    from_ts         DateTime64(3, 'UTC'),
+    ts              DateTime64(3, 'UTC'),
+    seconds         Float64,
+    channel         LowCardinality(String),
+    event_id        UUID
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (funnel, to_stage, user_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Tumbling event-time windows: the distinct users per window and key, as a
+-- uniqExact state. Adding a user twice (a replay) changes nothing; a late
+-- entry merges into its window. Read with uniqExactMerge(users), or through
+-- the stage_counts_final view.
+CREATE TABLE IF NOT EXISTS {database}.stage_counts
+(
+    window_start    DateTime('UTC'),
+    window_seconds  UInt32,
+    funnel          LowCardinality(String),
+    kind            LowCardinality(String) COMMENT 'entry or transition',
+    from_stage      LowCardinality(String) COMMENT 'empty for entries',
+    stage           LowCardinality(String) COMMENT 'entered stage / to_stage',
+    channel         LowCardinality(String),
+    users           AggregateFunction(uniqExact, String)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (funnel, window_seconds, window_start, kind, from_stage, stage, channel);
+
+-- The window agent inserts one row per (window key, user) here; the
+-- materialized view folds them into stage_counts.
+CREATE TABLE IF NOT EXISTS {database}.stage_counts_input
+(
+    window_start    DateTime('UTC'),
+    window_seconds  UInt32,
+    funnel          LowCardinality(String),
+    kind            LowCardinality(String),
+    from_stage      LowCardinality(String),
+    stage           LowCardinality(String),
+    channel         LowCardinality(String),
+    user_id         String
+)
+ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.stage_counts_mv TO {database}.stage_counts AS
+SELECT window_start, window_seconds, funnel, kind, from_stage, stage, channel,
+       uniqExactState(user_id) AS users
+FROM {database}.stage_counts_input
+GROUP BY window_start, window_seconds, funnel, kind, from_stage, stage, channel;

@@ -1,0 +1,36 @@
+"""Sinks: the batch contract, the ClickHouse writer and the Prometheus metrics.
+
+Knows nothing about Faust: the stream agents add rows and flush; sinks write.
+"""
+
+from sinks.base import BatchSink, Row
+from sinks.clickhouse import (
+    COLUMNS,
+    DDL_DIR,
+    ClickHouseSink,
+    ClickHouseTarget,
+    connect,
+    migrate,
+    parse_clickhouse_url,
+)
+from sinks.exceptions import SinkConfigError, SinkRetryableError, SinkStopped
+from sinks.metrics import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics
+
+__all__ = [
+    "COLUMNS",
+    "DDL_DIR",
+    "DEFAULT_CHANNELS",
+    "OTHER_CHANNEL",
+    "BatchSink",
+    "ChannelBounder",
+    "ClickHouseSink",
+    "ClickHouseTarget",
+    "FunnelMetrics",
+    "Row",
+    "SinkConfigError",
+    "SinkRetryableError",
+    "SinkStopped",
+    "connect",
+    "migrate",
+    "parse_clickhouse_url",
+]

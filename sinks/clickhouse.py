@@ -1,0 +1,195 @@
+"""ClickHouse sink, URL parsing and migrations, through clickhouse-connect.
+
+One code path serves a ClickHouse server (``http(s)://user:pass@host:port/db``)
+and the embedded chDB engine (``chdb:///path``): clickhouse-connect offers the
+same client API for both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from sinks.base import BatchSink, Row
+from sinks.exceptions import SinkConfigError, SinkRetryableError
+from sinks.metrics import FunnelMetrics
+
+__all__ = [
+    "COLUMNS",
+    "DDL_DIR",
+    "ClickHouseSink",
+    "ClickHouseTarget",
+    "connect",
+    "migrate",
+    "parse_clickhouse_url",
+]
+
+log = logging.getLogger(__name__)
+
+#: The DDL shipped with the project; an installed copy elsewhere (a container
+#: image) points FUNNEL_CLICKHOUSE_DDL_DIR at its own.
+DDL_DIR = Path(
+    os.environ.get("FUNNEL_CLICKHOUSE_DDL_DIR")
+    or Path(__file__).resolve().parent.parent / "deploy" / "clickhouse"
+)
+
+#: Column order of the rows each table receives (explicit, never positional).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "events": (
+        "event_id", "event_type", "funnel", "user_id", "ts", "received_at", "channel",
+        "attributed_channel", "campaign", "product", "region", "manager", "amount", "currency",
+        "order_id", "email_hash", "properties", "source",
+    ),
+    "stage_entries": (
+        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id",
+    ),
+    "transitions": (
+        "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
+        "ts", "seconds", "channel", "event_id",
+    ),
+    "stage_counts_input": (
+        "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
+        "user_id",
+    ),
+}
+
+# Server error codes that pass by themselves: timeouts, overload, network,
+# memory, read-only replica, too many parts, unknown insert status, keeper.
+_RETRYABLE_CODES = {159, 202, 203, 209, 210, 241, 242, 252, 319, 425, 473, 999}
+_CODE_RE = re.compile(r"Code: (\d+)")
+
+
+@dataclass(frozen=True)
+class ClickHouseTarget:
+    """Where the sink writes. ``password`` is never shown by ``str()``."""
+
+    interface: str  # "chdb", "http" or "https"
+    database: str
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    username: str = "default"
+    password: str = ""
+
+    def __str__(self) -> str:
+        if self.interface == "chdb":
+            return f"chdb://{self.path} (database {self.database})"
+        return f"{self.interface}://{self.username}:***@{self.host}:{self.port}/{self.database}"
+
+
+def parse_clickhouse_url(url: str, default_database: str = "funnel") -> ClickHouseTarget:
+    """Parse ``FUNNEL_CLICKHOUSE_URL``.
+
+    ``chdb:///abs/path`` (or ``chdb://rel/path``) selects the embedded engine;
+    ``http(s)://user:pass@host:port/db`` a server. ``?database=NAME`` works for
+    both; the URL path names the database of a server.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    database = (query.get("database") or [""])[0]
+    if parts.scheme == "chdb":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise SinkConfigError(f"ClickHouse URL {url!r}: chdb:// needs a directory, e.g. chdb:///var/lib/funnel")
+        return ClickHouseTarget("chdb", database or default_database, path=path)
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise SinkConfigError(f"ClickHouse URL {url!r} has no host")
+        database = database or parts.path.strip("/") or default_database
+        return ClickHouseTarget(
+            parts.scheme,
+            database,
+            host=parts.hostname,
+            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            username=unquote(parts.username or "default"),
+            password=unquote(parts.password or ""),
+        )
+    raise SinkConfigError(
+        f"ClickHouse URL {url.split('@')[-1]!r}: scheme must be http, https or chdb"
+    )
+
+
+def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
+    """A client for ``target``; a ``readonly`` one cannot write or change tables.
+
+    (readonly=2: no writes or DDL, but the driver may still set query settings.)
+    """
+    settings: dict[str, Any] = {"readonly": 2} if readonly else {}
+    if target.interface == "chdb":
+        Path(target.path).mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", settings=settings)
+    return clickhouse_connect.get_client(
+        interface=target.interface,
+        host=target.host,
+        port=target.port,
+        username=target.username,
+        password=target.password,
+        settings=settings,
+        connect_timeout=10,
+        send_receive_timeout=60,
+    )
+
+
+def _statements(sql: str) -> list[str]:
+    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR) -> list[str]:
+    """Apply every ``*.sql`` file in ``ddl_dir`` in name order; idempotent.
+
+    Returns the file names applied. Raises FileNotFoundError if there are none.
+    """
+    files = sorted(ddl_dir.glob("*.sql"))
+    if not files:
+        raise FileNotFoundError(
+            f"no ClickHouse DDL in {ddl_dir} (set FUNNEL_CLICKHOUSE_DDL_DIR)"
+        )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+        raise SinkConfigError(f"database name {database!r} is not a plain identifier")
+    for path in files:
+        for statement in _statements(path.read_text()):
+            client.command(statement.replace("{database}", database))
+        log.info("clickhouse: applied %s to database %s", path.name, database)
+    return [p.name for p in files]
+
+
+class ClickHouseSink(BatchSink):
+    """Batched inserts with explicit columns and a deduplication token per batch."""
+
+    name = "clickhouse"
+
+    def __init__(self, client: Client, database: str, metrics: FunnelMetrics, **kwargs: Any) -> None:
+        super().__init__(metrics, **kwargs)
+        self.client = client
+        self.database = database
+
+    def write(self, table: str, rows: Sequence[Row], token: str) -> None:
+        try:
+            self.client.insert(
+                f"{self.database}.{table}",
+                rows,
+                column_names=COLUMNS[table],
+                settings={"insert_deduplication_token": token},
+            )
+        except OperationalError as exc:
+            raise SinkRetryableError(str(exc)) from exc
+        except DatabaseError as exc:
+            match = _CODE_RE.search(str(exc))
+            if match and int(match.group(1)) in _RETRYABLE_CODES:
+                raise SinkRetryableError(str(exc)) from exc
+            raise
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        """Run a read query on the sink's client (call through :meth:`run_blocking`)."""
+        return self.client.query(sql, parameters=parameters)

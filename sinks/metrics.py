@@ -1,0 +1,159 @@
+"""Prometheus metrics as an injectable bundle.
+
+Every metric is built against the ``CollectorRegistry`` passed in, so tests use
+a fresh registry and read values with ``registry.get_sample_value``. Names and
+labels are a stable contract (dashboards and alert rules build on them); see
+DESIGN.md. Labels are bounded: funnel and stage names come from configuration,
+and channels pass through :class:`ChannelBounder` first. Never a user id,
+e-mail or free text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "EVENT_LAG_BUCKETS",
+    "OTHER_CHANNEL",
+    "TRANSITION_BUCKETS",
+    "ChannelBounder",
+    "FunnelMetrics",
+]
+
+OTHER_CHANNEL = "other"
+DEFAULT_CHANNELS: tuple[str, ...] = (
+    "seo",
+    "ads",
+    "social",
+    "email",
+    "partner",
+    "direct",
+    "referral",
+)
+
+# Funnels convert in minutes (a demo) to weeks (a B2B sale): buckets from one
+# second to thirty days so quantiles stay meaningful at both ends.
+TRANSITION_BUCKETS: tuple[float, ...] = (
+    1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+    86400, 2 * 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
+)
+EVENT_LAG_BUCKETS: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600,
+)
+SINK_WRITE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class ChannelBounder:
+    """Maps a channel value to a bounded Prometheus label.
+
+    Values on the allow-list pass through (lower-cased); everything else,
+    including a flood of made-up values, becomes ``other``. ClickHouse keeps
+    the real value; only the metric label is bounded.
+    """
+
+    def __init__(self, allowed: Iterable[str] = DEFAULT_CHANNELS) -> None:
+        self._allowed = frozenset(c.strip().lower() for c in allowed if c.strip())
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return self._allowed
+
+    def __call__(self, channel: str | None) -> str:
+        if not channel:
+            return OTHER_CHANNEL
+        value = channel.lower()
+        return value if value in self._allowed else OTHER_CHANNEL
+
+
+class FunnelMetrics:
+    """All metrics one worker exports, registered on ``registry``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        channels: Iterable[str] = DEFAULT_CHANNELS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.channel = ChannelBounder(channels)
+        r = self.registry
+        self.events = Counter(
+            "funnel_events", "Valid events consumed.", ["funnel", "event_type"], registry=r
+        )
+        self.invalid_events = Counter(
+            "funnel_invalid_events",
+            "Messages sent to the dead-letter topic, by machine-readable reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicate_events = Counter(
+            "funnel_duplicate_events",
+            "Events whose event_id was already applied (counted, not applied).",
+            ["funnel"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            "funnel_late_events",
+            "Events older than the allowed lateness behind the partition watermark.",
+            ["funnel"],
+            registry=r,
+        )
+        self.stage_entries = Counter(
+            "funnel_stage_entries",
+            "Users entering a stage for the first time.",
+            ["funnel", "stage", "channel"],
+            registry=r,
+        )
+        self.transitions = Counter(
+            "funnel_transitions",
+            "Users advancing from their furthest stage to a later one.",
+            ["funnel", "from_stage", "to_stage", "channel"],
+            registry=r,
+        )
+        self.transition_duration = Histogram(
+            "funnel_transition_duration_seconds",
+            "Seconds from entering from_stage to entering to_stage.",
+            ["funnel", "from_stage", "to_stage"],
+            buckets=TRANSITION_BUCKETS,
+            registry=r,
+        )
+        self.stalled_users = Gauge(
+            "funnel_stalled_users",
+            "Users whose furthest stage is this one and who made no progress "
+            "for longer than the stall threshold.",
+            ["funnel", "stage"],
+            registry=r,
+        )
+        self.revenue = Counter(
+            "funnel_revenue",
+            "Purchase amounts, in the purchase currency.",
+            ["funnel", "channel", "currency"],
+            registry=r,
+        )
+        self.sink_rows = Counter(
+            "funnel_sink_rows", "Rows written by a sink.", ["sink", "table"], registry=r
+        )
+        self.sink_errors = Counter(
+            "funnel_sink_errors", "Failed sink write attempts.", ["sink"], registry=r
+        )
+        self.sink_pending_rows = Gauge(
+            "funnel_sink_pending_rows",
+            "Rows buffered in a sink and not yet written.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_write_seconds = Histogram(
+            "funnel_sink_write_seconds",
+            "Duration of one sink write (one batch, one table).",
+            ["sink"],
+            buckets=SINK_WRITE_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "funnel_event_lag_seconds",
+            "Event time to processed (journey agent), in seconds.",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,295 @@
+"""The Faust app: topics, the journeys table, the three agents and the web pages.
+
+Data flow (README, "Data flow"):
+
+    funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
+                     \\--------> funnel.dead-letter (raw bytes + reason headers)
+    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions
+                                \\-> funnel.stage-changes --window--> ClickHouse stage_counts
+
+Every agent takes a batch without acknowledging it (``noack_take``), does its
+work, writes its sinks and waits for its produced messages, and only then
+acknowledges the batch: a crash anywhere replays the batch, and the journey
+logic plus idempotent sinks make the replay harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, cast
+from uuid import UUID
+
+import faust
+import orjson
+from clickhouse_connect.driver.client import Client
+from faust import Stream
+from faust.types import EventT, StreamT
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from schemas import Decoder, FunnelsConfig, InvalidEvent, NormalizedEvent
+from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
+from streams.journey import UserState, apply_event
+from streams.rows import change_message, entry_row, event_row, transition_row
+from streams.settings import Settings, split_brokers
+from streams.topics import TopicNames
+from streams.windows import Watermarks, WindowAggregator
+
+__all__ = ["Pipeline", "batch_token"]
+
+log = logging.getLogger("funnel.worker")
+
+
+def batch_token(agent: str, events: Sequence[EventT]) -> str:
+    """A deterministic id for a batch: agent plus the offset range per partition."""
+    ranges: dict[tuple[str, int], list[int]] = {}
+    for event in events:
+        m = event.message
+        r = ranges.setdefault((m.topic, m.partition), [m.offset, m.offset])
+        r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
+    spec = ";".join(f"{t}/{p}/{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
+    return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+class Pipeline:
+    """Everything one worker runs. Build it, then hand ``pipeline.app`` to a Faust worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        funnels: FunnelsConfig,
+        *,
+        clickhouse: Client,
+        database: str,
+        reader: Client | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not settings.kafka_url:
+            raise ValueError("FUNNEL_KAFKA_URL is required to run the worker")
+        self.settings = settings
+        self.funnels = funnels.by_name
+        self.metrics = FunnelMetrics(registry, settings.channel_list)
+        self.names = TopicNames(settings)
+        self.event_type_of = self.names.event_type_of()
+        key = settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
+        self.decoder = Decoder(
+            self.funnels,
+            max_bytes=settings.max_message_bytes,
+            max_future_seconds=settings.max_future_seconds,
+            email_hash_key=key,
+        )
+        self.watermarks = Watermarks(settings.allowed_lateness_seconds)
+        # One thread drives ClickHouse for all agents and the /sql page.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.journey_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
+        self.window_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
+        self.reader = reader
+        self.database = database
+        self.processed = 0
+        self.app = self._build_app()
+
+    # -- wiring ---------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{h}" for h in split_brokers(s.kafka_url or "")],
+            store=s.store,
+            datadir=str(s.data_dir / "faust"),
+            topic_partitions=s.topic_partitions,
+            topic_replication_factor=s.topic_replication,
+            topic_disable_leader=True,
+            web_host=s.web_host,
+            web_bind=s.web_host,
+            web_port=s.web_port,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=1.0,
+            broker_session_timeout=s.kafka_session_timeout_seconds,
+            broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
+            autodiscover=False,
+        )
+        raw: faust.Schema = faust.Schema(key_serializer="raw", value_serializer="raw")
+        self.source = app.topic(*self.names.events.values(), schema=raw)
+        self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
+        self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)
+        self.stage_changes = app.topic(
+            self.names.stage_changes, partitions=s.topic_partitions, schema=raw
+        )
+        self.journeys = app.Table(
+            "journeys",
+            partitions=s.topic_partitions,
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        )
+        app.agent(self.source, name="ingest")(self._ingest_agent)
+        app.agent(self.normalized, name="journey")(self._journey_agent)
+        app.agent(self.stage_changes, name="window")(self._window_agent)
+        app.timer(s.status_interval_seconds)(self._status)
+        app.page("/metrics")(self._metrics_page)
+        app.page("/health")(self._health_page)
+        app.page("/sql")(self._sql_page)
+        return app
+
+    async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
+        """Batch loop shared by the agents: handle, then acknowledge; never crash the worker."""
+        s = self.settings
+        async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_seconds):
+            try:
+                await handle(stream, events)
+            except SinkStopped:
+                log.warning("%s: stopping with an unwritten batch; it will be consumed again", name)
+                return
+            for event in events:
+                await stream.ack(event)
+
+    async def _ingest_agent(self, stream: StreamT) -> None:
+        await self._run_batches("ingest", cast(Stream, stream), self._ingest_batch)
+
+    async def _journey_agent(self, stream: StreamT) -> None:
+        await self._run_batches("journey", cast(Stream, stream), self._journey_batch)
+
+    async def _window_agent(self, stream: StreamT) -> None:
+        await self._run_batches("window", cast(Stream, stream), self._window_batch)
+
+    # -- agents -----------------------------------------------------------------
+    async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        now_ms = int(time.time() * 1000)
+        pending: list[Awaitable[Any]] = []
+        m = self.metrics
+        for event in events:
+            msg = event.message
+            event_type = self.event_type_of[msg.topic]
+            source = f"{msg.topic}:{msg.partition}:{msg.offset}"
+            try:
+                norm = self.decoder.decode(msg.value, event_type, now_ms, source)
+            except InvalidEvent as exc:
+                m.invalid_events.labels(exc.reason).inc()
+                pending.append(await self.dead_letter.send(
+                    key=msg.key,
+                    value=msg.value or b"",
+                    headers=[
+                        ("reason", exc.reason.encode()),
+                        ("detail", exc.detail[:1000].encode()),
+                        ("source", source.encode()),
+                    ],
+                ))
+                continue
+            m.events.labels(norm["funnel"], event_type).inc()
+            pending.append(await self.normalized.send(
+                key=norm["user_id"].encode(), value=orjson.dumps(norm)
+            ))
+        # Delivered before acknowledged: nothing is lost between topics.
+        await asyncio.gather(*pending)
+
+    async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        m = self.metrics
+        bound = m.channel
+        sink = self.journey_sink
+        now = time.time()
+        dirty: dict[bytes, tuple[UserState, EventT]] = {}
+        changes: list[tuple[bytes, bytes]] = []
+        # One user's events come from five topics, so ingest can pass them on
+        # out of event-time order; applying each batch in event-time order
+        # repairs that whenever they meet in one batch (stable sort: ties keep
+        # arrival order).
+        decoded: list[tuple[EventT, NormalizedEvent]] = sorted(
+            ((event, orjson.loads(event.message.value or b"{}")) for event in events),
+            key=lambda pair: pair[1]["ts"],
+        )
+        for event, e in decoded:
+            msg = event.message
+            funnel = self.funnels.get(e["funnel"])
+            if funnel is None:  # configuration changed since ingest validated it
+                log.warning("journey: funnel %r is no longer configured; event %s skipped",
+                            e["funnel"], e["event_id"])
+                continue
+            key = msg.key or e["user_id"].encode()
+            cached = dirty.get(key)
+            state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
+            result = apply_event(state, e, funnel)
+            dirty[key] = (state, event)
+            sink.add("events", event_row(e, result.channel))
+            for entry in result.entries:
+                sink.add("stage_entries", entry_row(entry))
+                changes.append((key, change_message(entry)))
+            for tr in result.transitions:
+                sink.add("transitions", transition_row(tr))
+                changes.append((key, change_message(tr)))
+            if result.duplicate:
+                m.duplicate_events.labels(funnel.name).inc()
+                continue
+            m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
+            if self.watermarks.observe(msg.tp, e["ts"]):
+                m.late_events.labels(funnel.name).inc()
+            channel = bound(result.channel)
+            for entry in result.entries:
+                m.stage_entries.labels(funnel.name, entry.stage, channel).inc()
+            for tr in result.transitions:
+                m.transitions.labels(funnel.name, tr.from_stage, tr.to_stage, channel).inc()
+                m.transition_duration.labels(funnel.name, tr.from_stage, tr.to_stage).observe(tr.seconds)
+            if e["amount"] is not None:
+                m.revenue.labels(funnel.name, channel, e["currency"]).inc(float(e["amount"]))
+        # One table write (and changelog record) per user per batch. Faust
+        # routes it by the "current event", so point it at that user's event.
+        for key, (state, event) in dirty.items():
+            stream._set_current_event(event)
+            self.journeys[key] = state
+        await sink.flush(batch_token("journey", events))
+        pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
+        await asyncio.gather(*pending)
+        self.processed += len(events)
+
+    async def _window_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        agg = WindowAggregator(self.settings.window_seconds)
+        for event in events:
+            c = orjson.loads(event.message.value or b"{}")
+            agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"])
+        self.window_sink.extend("stage_counts_input", list(agg.rows()))
+        await self.window_sink.flush(batch_token("window", events))
+
+    # -- periodic and web -----------------------------------------------------------
+    async def _status(self) -> None:
+        processed, self.processed = self.processed, 0
+        rate = processed / self.settings.status_interval_seconds
+        pending = self.journey_sink.pending + self.window_sink.pending
+        log.info("status: %.0f events/s through journeys, %d rows pending in sinks", rate, pending)
+
+    async def _metrics_page(self, web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    async def _health_page(self, web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "app_id": self.settings.app_id})
+
+    async def _sql_page(self, web: Any, request: Any) -> Any:
+        """Read-only SQL for other processes (the embedded engine has one owner)."""
+        if self.reader is None:
+            return web.json({"error": "this worker serves no SQL"}, status=404)
+        sql = request.query.get("q") or (await request.text())
+        if not sql.strip():
+            return web.json({"error": "empty query: pass ?q= or a POST body"}, status=400)
+        try:
+            result = await self.journey_sink.run_blocking(self.reader.query, sql)
+        except Exception as exc:
+            return web.json({"error": str(exc)}, status=400)
+        rows = [[_jsonable(v) for v in row] for row in result.result_rows]
+        return web.json({"columns": list(result.column_names), "rows": rows})
+
+    def close(self) -> None:
+        self.journey_sink.stop()
+        self.window_sink.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,250 @@
+"""Realistic funnel traffic with a known ground truth.
+
+Each new user starts with a visit and then, with the configured conversion
+probabilities, moves on stage by stage after a random delay. Some skip a
+stage, some buy again, some events are sent twice (same event_id), and
+optionally some messages are malformed. :class:`GroundTruth` records what a
+correct pipeline must report for the valid, deduplicated events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import EVENT_TYPES
+from streams.settings import Settings, split_brokers
+
+__all__ = ["GroundTruth", "TrafficSpec", "plan_user", "run_generator"]
+
+log = logging.getLogger("funnel.generate")
+
+DEFAULT_CHANNEL_MIX: dict[str, float] = {
+    "seo": 30, "ads": 25, "social": 18, "email": 10, "partner": 5, "direct": 9, "referral": 3,
+}
+CAMPAIGNS = {
+    "ads": ["brand-search", "retargeting", "black-friday"],
+    "social": ["launch-video", "webinar-promo"],
+    "email": ["newsletter", "nurture-3"],
+    "partner": ["affiliate-a", "affiliate-b"],
+}
+PRODUCTS = [("starter", "49.00"), ("pro", "149.00"), ("team", "499.00")]
+REGIONS = ["eu", "na", "apac", "latam"]
+MANAGERS = ["alice", "bob", "chen", "dana"]
+CURRENCIES = ["EUR", "USD", "GBP"]
+
+
+@dataclass
+class TrafficSpec:
+    """What to generate. Conversions are stage-to-stage probabilities."""
+
+    rate: float = 200.0
+    users: int = 0
+    duration: float = 0.0
+    seed: int | None = None
+    funnel: str = "default"
+    channel_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CHANNEL_MIX))
+    conversion: tuple[float, ...] = (0.10, 0.40, 0.50, 0.50)
+    skip_rate: float = 0.05
+    repeat_purchase: float = 0.2
+    duplicate_rate: float = 0.01
+    invalid_rate: float = 0.0
+    stage_delay: float = 2.0
+
+
+@dataclass
+class GroundTruth:
+    """Exact expected results for the valid events generated."""
+
+    entries: Counter[str] = field(default_factory=Counter)
+    transitions: Counter[str] = field(default_factory=Counter)
+    revenue: dict[str, Decimal] = field(default_factory=dict)
+    events: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": dict(self.entries),
+            "transitions": dict(self.transitions),
+            "revenue": {k: str(v) for k, v in self.revenue.items()},
+            "events": self.events,
+            "duplicates": self.duplicates,
+            "invalid": self.invalid,
+        }
+
+
+def plan_user(rng: random.Random, spec: TrafficSpec) -> list[tuple[float, str]]:
+    """The stages one user will reach, as (seconds after the visit, event type)."""
+    plan = [(0.0, "visit")]
+    t = 0.0
+    stage = 0
+    while stage < len(EVENT_TYPES) - 1:
+        if rng.random() >= spec.conversion[stage]:
+            break
+        nxt = stage + 1
+        # A skip jumps over the next stage (a webinar no-show who still books).
+        if nxt < len(EVENT_TYPES) - 1 and rng.random() < spec.skip_rate:
+            nxt += 1
+        t += rng.expovariate(1.0 / spec.stage_delay) if spec.stage_delay > 0 else 0.0
+        plan.append((t, EVENT_TYPES[nxt]))
+        stage = nxt
+    if plan[-1][1] == "purchase" and rng.random() < spec.repeat_purchase:
+        t += rng.expovariate(1.0 / spec.stage_delay) if spec.stage_delay > 0 else 0.0
+        plan.append((t, "purchase"))
+    return plan
+
+
+class _Traffic:
+    """Turns plans into timed event payloads and keeps the ground truth."""
+
+    def __init__(self, spec: TrafficSpec) -> None:
+        self.spec = spec
+        self.rng = random.Random(spec.seed)
+        self.truth = GroundTruth()
+        self.started_users = 0
+        self._heap: list[tuple[float, int, str, dict[str, Any]]] = []
+        self._seq = 0
+        channels = list(spec.channel_mix)
+        weights = [spec.channel_mix[c] for c in channels]
+        self._pick_channel: Callable[[], str] = lambda: self.rng.choices(channels, weights)[0]
+
+    def _uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def start_user(self, now: float) -> None:
+        self.started_users += 1
+        user = f"u-{self._uuid()[:13]}"
+        channel = self._pick_channel()
+        campaign = self.rng.choice(CAMPAIGNS.get(channel, [""])) or None
+        product, price = self.rng.choice(PRODUCTS)
+        currency = self.rng.choice(CURRENCIES)
+        region, manager = self.rng.choice(REGIONS), self.rng.choice(MANAGERS)
+        previous = None
+        for offset, event_type in plan_user(self.rng, self.spec):
+            payload: dict[str, Any] = {
+                "event_id": self._uuid(), "user_id": user, "funnel": self.spec.funnel,
+                "channel": channel, "campaign": campaign, "product": product, "region": region,
+            }
+            if event_type in ("consultation", "purchase"):
+                payload["manager"] = manager
+            if event_type == "signup":
+                payload["email"] = f"{user}@example.com"
+            if event_type == "purchase":
+                payload.update(amount=price, currency=currency, order_id=self._uuid()[:8])
+            self._push(now + offset, event_type, payload)
+            # Ground truth: first entry of each stage, transitions between them.
+            if previous != event_type:
+                self.truth.entries[event_type] += 1
+                if previous is not None:
+                    self.truth.transitions[f"{previous}->{event_type}"] += 1
+            if event_type == "purchase":
+                self.truth.revenue[currency] = self.truth.revenue.get(currency, Decimal(0)) + Decimal(price)
+            previous = event_type
+
+    def _push(self, due: float, event_type: str, payload: dict[str, Any]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, event_type, payload))
+
+    def due(self, now: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        while self._heap and self._heap[0][0] <= now:
+            _, _, event_type, payload = heapq.heappop(self._heap)
+            yield event_type, payload
+
+    @property
+    def waiting(self) -> int:
+        return len(self._heap)
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+
+def _malformed(rng: random.Random) -> bytes:
+    choices: list[bytes] = [
+        b"{not json", b"\xff\xfe\x00garbage", b"[]", b'{"user_id": 42}',
+        json.dumps({"event_id": str(uuid.uuid4()), "user_id": "", "ts": 0}).encode(),
+    ]
+    return rng.choice(choices)
+
+
+async def run_generator(
+    settings: Settings, spec: TrafficSpec, progress: Callable[[str], None] | None = None
+) -> GroundTruth:
+    """Produce traffic until ``spec.users`` users finished or ``spec.duration`` passed."""
+    if not settings.kafka_url:
+        raise ValueError("FUNNEL_KAFKA_URL is not set")
+    traffic = _Traffic(spec)
+    producer = AIOKafkaProducer(bootstrap_servers=split_brokers(settings.kafka_url), linger_ms=5)
+    await producer.start()
+    sent = 0
+    started = time.monotonic()
+    last_report = started
+    tick = 0.02
+    budget = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            elapsed = now - started
+            if spec.duration and elapsed >= spec.duration:
+                break
+            budget = min(budget + spec.rate * tick, spec.rate)  # at most one second of burst
+            batch = []
+            for event_type, payload in traffic.due(now):
+                batch.append((event_type, payload))
+            while len(batch) < budget and (not spec.users or traffic.started_users < spec.users):
+                traffic.start_user(now)
+                batch.extend(traffic.due(now))
+            for event_type, payload in batch:
+                budget -= 1
+                payload["ts"] = int(time.time() * 1000)
+                topic = settings.topic(event_type)
+                body = json.dumps(payload).encode()
+                await producer.send(topic, body, key=payload["user_id"].encode())
+                traffic.truth.events += 1
+                sent += 1
+                if traffic.rng.random() < spec.duplicate_rate:
+                    await producer.send(topic, body, key=payload["user_id"].encode())
+                    traffic.truth.duplicates += 1
+                    sent += 1
+                if spec.invalid_rate and traffic.rng.random() < spec.invalid_rate:
+                    await producer.send(topic, _malformed(traffic.rng))
+                    traffic.truth.invalid += 1
+                    sent += 1
+            if spec.users and traffic.started_users >= spec.users and not traffic.waiting:
+                break
+            if progress and now - last_report >= 2.0:
+                last_report = now
+                progress(f"generate: {sent} messages sent, {sent / max(elapsed, 1e-9):.0f}/s, "
+                         f"{traffic.started_users} users, {elapsed:.0f}s elapsed")
+            await asyncio.sleep(tick)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    if progress:
+        elapsed = time.monotonic() - started
+        progress(f"generate: done, {sent} messages in {elapsed:.1f}s, {traffic.started_users} users")
+    return traffic.truth
+
+
+def print_progress(line: str) -> None:
+    """Progress to stderr: rewritten in place on a terminal, one line per report otherwise."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line)
+        if line.startswith("generate: done"):
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()

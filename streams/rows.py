@@ -1,0 +1,49 @@
+"""Row layouts for the ClickHouse tables (column order: ``sinks.COLUMNS``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from schemas import NormalizedEvent
+from streams.journey import StageEntry, Transition
+
+__all__ = ["change_message", "entry_row", "event_row", "transition_row"]
+
+
+def _prop(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def event_row(e: NormalizedEvent, attributed_channel: str) -> tuple[Any, ...]:
+    return (
+        e["event_id"], e["event_type"], e["funnel"], e["user_id"], e["ts"], e["received_at"],
+        e["channel"] or "", attributed_channel, e["campaign"] or "", e["product"] or "",
+        e["region"] or "", e["manager"] or "", e["amount"] or "0", e["currency"] or "",
+        e["order_id"] or "", e["email_hash"] or "",
+        {k: _prop(v) for k, v in e["properties"].items()}, e["source"],
+    )
+
+
+def entry_row(x: StageEntry) -> tuple[Any, ...]:
+    return (x.funnel, x.stage, x.stage_index, x.user_id, x.ts, x.channel, x.event_id)
+
+
+def transition_row(x: Transition) -> tuple[Any, ...]:
+    return (
+        x.funnel, x.from_stage, x.to_stage, x.from_index, x.to_index, x.user_id, x.from_ts,
+        x.ts, x.seconds, x.channel, x.event_id,
+    )
+
+
+def change_message(x: StageEntry | Transition) -> bytes:
+    """The stage-changes topic record the window agent reads (compact keys)."""
+    body: dict[str, Any]
+    if isinstance(x, Transition):
+        body = {"k": "transition", "fs": x.from_stage, "s": x.to_stage}
+    else:
+        body = {"k": "entry", "fs": "", "s": x.stage}
+    body.update({"f": x.funnel, "c": x.channel, "u": x.user_id, "ts": x.ts})
+    return orjson.dumps(body)

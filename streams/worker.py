@@ -1,0 +1,83 @@
+"""Start a worker: check config, create topics, migrate ClickHouse, run Faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import faust
+from clickhouse_connect.driver.client import Client
+
+from schemas import FunnelsConfig
+from sinks import ClickHouseTarget, connect, migrate, parse_clickhouse_url
+from streams.app import Pipeline
+from streams.settings import Settings, load_funnels
+from streams.topics import ensure_topics
+
+__all__ = ["open_clickhouse", "run_worker"]
+
+log = logging.getLogger("funnel.worker")
+
+
+def clickhouse_target(settings: Settings) -> ClickHouseTarget:
+    if settings.clickhouse_url is None:
+        raise ValueError(
+            "FUNNEL_CLICKHOUSE_URL is not set (http://user:pass@host:8123/funnel or chdb:///path)"
+        )
+    return parse_clickhouse_url(
+        settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
+    )
+
+
+def open_clickhouse(target: ClickHouseTarget, wait_seconds: float = 60.0) -> Client:
+    """Connect (waiting for a server that is still starting) and apply the DDL."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            client = connect(target)
+            break
+        except Exception as exc:
+            if target.interface == "chdb" or time.monotonic() > deadline:
+                raise
+            log.info("waiting for ClickHouse at %s: %s", target, exc)
+            time.sleep(1.0)
+    migrate(client, target.database)
+    return client
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    funnels: FunnelsConfig | None = None,
+    customize: Callable[[Pipeline], None] | None = None,
+    quiet: bool = False,
+) -> int:
+    """Run until stopped (SIGINT/SIGTERM). Returns the exit code."""
+    funnels = funnels or load_funnels(settings.funnels_file)
+    target = clickhouse_target(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    created = loop.run_until_complete(ensure_topics(settings))
+    client = open_clickhouse(target)
+    reader = connect(target, readonly=True)
+    pipeline = Pipeline(
+        settings, funnels, clickhouse=client, database=target.database, reader=reader
+    )
+    if customize:
+        customize(pipeline)
+    log.info(
+        "worker %s: kafka %s, clickhouse %s, funnels %s, web http://%s:%d/ (metrics, sql, health)%s",
+        settings.app_id, settings.kafka_url, target, ", ".join(pipeline.funnels),
+        settings.web_host, settings.web_port,
+        f", created topics {', '.join(created)}" if created else "",
+    )
+    worker = faust.Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        pipeline.close()
+    return 0
