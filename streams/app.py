@@ -57,6 +57,16 @@ def batch_token(agent: str, events: Sequence[EventT]) -> str:
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
 
+def _view(handler: Any) -> Any:
+    """Faust binds a page function as the view's ``get``: hand it a plain function."""
+
+    async def get(view: Any, request: Any) -> Any:
+        return await handler(view, request)
+
+    get.__name__ = handler.__name__.lstrip("_")
+    return get
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -140,9 +150,12 @@ class Pipeline:
         app.agent(self.normalized, name="journey")(self._journey_agent)
         app.agent(self.stage_changes, name="window")(self._window_agent)
         app.timer(s.status_interval_seconds)(self._status)
-        app.page("/metrics")(self._metrics_page)
-        app.page("/health")(self._health_page)
-        app.page("/sql")(self._sql_page)
+        for path, handler in (
+            ("/metrics", self._metrics_page),
+            ("/health", self._health_page),
+            ("/sql", self._sql_page),
+        ):
+            app.page(path)(_view(handler))
         return app
 
     async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
@@ -270,18 +283,29 @@ class Pipeline:
         log.info("status: %.0f events/s through journeys, %d rows pending in sinks", rate, pending)
 
     async def _metrics_page(self, web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(self.metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp wants the charset apart from the content type.
+        content_type = CONTENT_TYPE_LATEST.split("; charset=")[0]
+        return web.bytes(generate_latest(self.metrics.registry), content_type=content_type)
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and no rebalance under way: the worker consumes."""
+        return not self.app.rebalancing and bool(self.app.consumer.assignment())
 
     async def _health_page(self, web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "app_id": self.settings.app_id})
+        ready = self.ready
+        return web.json(
+            {"status": "ok" if ready else "starting", "ready": ready, "app_id": self.settings.app_id},
+            status=200 if ready else 503,
+        )
 
     async def _sql_page(self, web: Any, request: Any) -> Any:
         """Read-only SQL for other processes (the embedded engine has one owner)."""
         if self.reader is None:
             return web.json({"error": "this worker serves no SQL"}, status=404)
-        sql = request.query.get("q") or (await request.text())
+        sql = request.query.get("q", "")
         if not sql.strip():
-            return web.json({"error": "empty query: pass ?q= or a POST body"}, status=400)
+            return web.json({"error": "empty query: pass it as ?q="}, status=400)
         try:
             result = await self.journey_sink.run_blocking(self.reader.query, sql)
         except Exception as exc:

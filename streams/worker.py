@@ -56,6 +56,7 @@ def run_worker(
 ) -> int:
     """Run until stopped (SIGINT/SIGTERM). Returns the exit code."""
     funnels = funnels or load_funnels(settings.funnels_file)
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     target = clickhouse_target(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -1,0 +1,48 @@
+"""Fixtures that start the real parts on loopback: broker and worker processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+
+from .harness import Worker, start_worker
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_file=log) as b:
+        yield b
+
+
+@pytest.fixture
+def pipeline_env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
+    """Environment of a fresh pipeline: own topic prefix, consumer group and chDB."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "FUNNEL_KAFKA_URL": broker.url,
+        "FUNNEL_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}",
+        "FUNNEL_DATA_DIR": str(tmp_path / "data"),
+        "FUNNEL_TOPIC_PREFIX": f"t{run}.",
+        "FUNNEL_APP_ID": f"funnel-test-{run}",
+        "FUNNEL_TOPIC_PARTITIONS": "4",
+        "FUNNEL_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
+        "FUNNEL_BATCH_MAX_SECONDS": "0.3",
+        "FUNNEL_STATUS_INTERVAL_SECONDS": "2",
+        "FUNNEL_LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
+    w = start_worker(pipeline_env, tmp_path / "worker.log")
+    try:
+        yield w
+    finally:
+        code = w.stop()
+        assert code == 0, f"worker exited with {code}:\n{w.log_tail()}"
