@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -74,7 +72,6 @@ def run_demo(settings: Settings, rate: float, refresh: float) -> int:
             settings.web_port = free_port(settings.web_host)
         settings.data_dir = data_dir
         web = f"http://{settings.web_host}:{settings.web_port}"
-        (data_dir / "worker.json").write_text(json.dumps({"web": web, "pid": os.getpid()}))
         env = {**os.environ, "FUNNEL_KAFKA_URL": settings.kafka_url,
                "FUNNEL_TOPIC_PREFIX": settings.topic_prefix}
         gen_log = open(data_dir / "generator.log", "ab")  # noqa: SIM115
@@ -104,4 +101,3 @@ def run_demo(settings: Settings, rate: float, refresh: float) -> int:
                 generator.kill()
         if broker is not None:
             broker.stop()
-        Path(data_dir / "worker.json").unlink(missing_ok=True)

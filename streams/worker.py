@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -74,6 +76,12 @@ def run_worker(
         settings.web_host, settings.web_port,
         f", created topics {', '.join(created)}" if created else "",
     )
+    # The embedded engine has one owner per data directory: tell `funnel sql`
+    # (and anyone else) where to send read-only queries while this runs.
+    owner_file = settings.data_dir / "worker.json"
+    if target.interface == "chdb":
+        web = f"http://{settings.web_host}:{settings.web_port}"
+        owner_file.write_text(json.dumps({"web": web, "pid": os.getpid(), "chdb": target.path}))
     worker = faust.Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet)
     try:
         worker.execute_from_commandline()
@@ -81,4 +89,6 @@ def run_worker(
         return int(exc.code or 0)
     finally:
         pipeline.close()
+        if target.interface == "chdb":
+            owner_file.unlink(missing_ok=True)
     return 0

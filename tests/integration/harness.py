@@ -49,7 +49,7 @@ class Worker:
     env: dict[str, str]
 
     def get(self, path: str, timeout: float = 30.0) -> bytes:
-        with urllib.request.urlopen(f"{self.web}{path}", timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.web}{path}", timeout=timeout) as resp:
             return bytes(resp.read())
 
     def sql(self, query: str) -> list[list[Any]]:

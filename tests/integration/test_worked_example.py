@@ -8,6 +8,7 @@ and in the dead-letter topic.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -70,8 +71,8 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
         if stage == "purchase":  # u0 buys again: revenue, not a new entry
             _, _, body = event("purchase", "u0", t0 + 5 * GAP, amount="10.00", currency="EUR")
             messages.append((f"{prefix}purchase", b"u0", body))
-        produce(bootstrap, messages)
-        wait_until(lambda s=stage, n=len(messages): worker.metric_sum(
+        n_sent = produce(bootstrap, messages)
+        wait_until(lambda s=stage, n=n_sent: worker.metric_sum(
             "funnel_events_total", event_type=s) >= n, 60, f"{stage} events consumed")
 
     # Duplicates (same bytes, same event_id) and malformed messages.
@@ -91,7 +92,7 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
     entries = dict(worker.sql(
         "SELECT stage, count() FROM funnel.stage_entries FINAL WHERE funnel = 'default' GROUP BY stage"))
     assert entries == dict(zip(STAGES, COUNTS, strict=True))
-    conversion = [entries[b] / entries[a] for a, b in zip(STAGES, STAGES[1:], strict=False)]
+    conversion = [entries[b] / entries[a] for a, b in itertools.pairwise(STAGES)]
     assert conversion == [0.1, 0.4, 0.5, 0.5]
     assert entries["purchase"] / entries["visit"] == 0.01
 
@@ -148,3 +149,28 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
     records = consume_all(bootstrap, f"{prefix}dead-letter", len(MALFORMED))
     got = sorted((dict(r.headers)["reason"].decode(), r.value) for r in records)
     assert got == sorted((reason, raw) for _, raw, reason in MALFORMED)
+
+
+def test_funnel_sql_asks_the_engine_owner(worker: Worker) -> None:
+    """`funnel sql` with the embedded engine goes through the worker that owns it."""
+    import subprocess
+    import sys
+
+    produce(worker.env["FUNNEL_KAFKA_URL"].removeprefix("kafka://"), [
+        (f"{worker.env['FUNNEL_TOPIC_PREFIX']}visit", None, event("visit", f"s{i}", _t0())[2])
+        for i in range(3)
+    ])
+    wait_until(lambda: worker.scalar("SELECT count() FROM funnel.stage_entries FINAL") == 3, 60,
+               "three visits in ClickHouse")
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "sql",
+         "SELECT stage, count() AS users FROM funnel.stage_entries FINAL GROUP BY stage"],
+        env=worker.env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["stage  users", "-----  -----", "visit      3", "(1 row)"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "sql", "DROP TABLE funnel.events"],
+        env=worker.env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
