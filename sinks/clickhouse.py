@@ -55,11 +55,11 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "transitions": (
         "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
-        "ts", "seconds", "channel", "event_id",
+        "ts", "seconds", "channel", "event_id", "version", "is_deleted",
     ),
-    "stage_counts_input": (
+    "stage_counts": (
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
-        "user_id",
+        "user_id", "version", "is_deleted",
     ),
 }
 

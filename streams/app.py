@@ -253,8 +253,11 @@ class Pipeline:
             for entry in result.entries:
                 m.stage_entries.labels(funnel.name, entry.stage, channel).inc()
             for tr in result.transitions:
-                m.transitions.labels(funnel.name, tr.from_stage, tr.to_stage, channel).inc()
-                m.transition_duration.labels(funnel.name, tr.from_stage, tr.to_stage).observe(tr.seconds)
+                if tr.first:  # a correction is not a new conversion
+                    m.transitions.labels(funnel.name, tr.from_stage, tr.to_stage, channel).inc()
+                    m.transition_duration.labels(funnel.name, tr.from_stage, tr.to_stage).observe(
+                        tr.seconds
+                    )
             if e["amount"] is not None:
                 m.revenue.labels(funnel.name, channel, e["currency"]).inc(float(e["amount"]))
         # One table write (and changelog record) per user per batch. Faust
@@ -271,8 +274,8 @@ class Pipeline:
         agg = WindowAggregator(self.settings.window_seconds)
         for event in events:
             c = orjson.loads(event.message.value or b"{}")
-            agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"])
-        self.window_sink.extend("stage_counts_input", list(agg.rows()))
+            agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"], c["v"], c["d"])
+        self.window_sink.extend("stage_counts", list(agg.rows()))
         await self.window_sink.flush(batch_token("window", events))
 
     # -- periodic and web -----------------------------------------------------------

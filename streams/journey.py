@@ -5,25 +5,29 @@ calls :func:`apply_event` for each event. Everything here is deterministic:
 the same state and event always give the same outputs, which is what makes
 at-least-once processing safe (see "Replays" below).
 
-Rules (documented in the README):
+Rules (the README's "Journey rules" says the same):
 
 * A user *enters* a stage the first time an event of that stage is applied.
-* A *transition* is emitted when the entered stage lies beyond the furthest
-  stage reached so far; it goes from that furthest stage, so skips show
-  (visit -> purchase). Its duration is the difference of the two event times,
-  never negative.
-* An earlier stage seen after a later one (a purchase before its visit, out of
-  order) is still an entry, but not a transition: the user never moved
-  forward to it.
+* *Transitions* follow event time, not arrival order. Walk the stages a user
+  reached in event-time order, keeping the furthest stage so far; a stage
+  beyond it is a transition from it (so skips show: visit -> purchase), a
+  stage behind it is none (a user who bought, then watched the webinar). The
+  duration is the difference of the two event times.
+* One user's events arrive through five topics, so a signup can be processed
+  before its visit. When a late-arriving event changes the walk, the affected
+  transitions are *corrected*: each transition carries a per-user version,
+  a changed one is emitted again with a higher version, and one that no
+  longer exists is emitted as a tombstone (``deleted``). ClickHouse keeps the
+  highest version (ReplacingMergeTree(version, is_deleted)).
 * The channel is the first-touch channel: the channel of the first event
-  applied for the user in that funnel (``direct`` when it carried none), or the
-  latest one when the funnel is configured for last-touch attribution.
+  applied for the user in that funnel (``direct`` when it carried none), or
+  the latest one when the funnel is configured for last-touch attribution.
 * Replays: every applied ``event_id`` is remembered (the last
   :data:`SEEN_LIMIT` per user and funnel). An event seen again is reported as
-  a duplicate and is not applied again, but the entry and transition it caused
-  are emitted again, identical to the first time. Downstream sinks are
-  idempotent on those outputs, so a batch replayed after a crash - whose first
-  attempt may or may not have reached the sinks - is written exactly once.
+  a duplicate and not applied, but the user's current entries and transitions
+  (tombstones included) are emitted again, so a batch replayed after a crash -
+  whose first attempt may or may not have reached the sinks - is written
+  exactly once by idempotent sinks.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class StageEntry:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
+    """A transition into ``to_stage``; ``deleted`` ones retract an earlier version."""
+
     funnel: str
     from_stage: str
     to_stage: str
@@ -74,6 +80,11 @@ class Transition:
     seconds: float
     channel: str
     event_id: str
+    version: int
+    deleted: bool = False
+    #: True the first time this user gets a transition into to_stage (metrics
+    #: count those only: corrections are not new conversions).
+    first: bool = False
 
 
 @dataclass(slots=True)
@@ -86,10 +97,11 @@ class JourneyResult:
 
 def _new_funnel_state() -> dict[str, Any]:
     # Compact keys: this is stored once per user and funnel.
-    #   st: stage -> [ts_ms, event_id, from_stage | None, from_ts_ms | None]
-    #   far: index of the furthest stage reached (-1: none yet)
-    #   ch: attributed channel; seen: recent event ids; last: ts of last entry
-    return {"st": {}, "far": -1, "ch": None, "seen": [], "last": 0}
+    #   st: stage -> [ts_ms, event_id]          stages reached
+    #   tr: to_stage -> [from_stage | None, version]   emitted transitions (None: retracted)
+    #   ver: last transition version; ch: attributed channel
+    #   seen: recent event ids; last: latest entry time
+    return {"st": {}, "tr": {}, "ver": 0, "ch": None, "seen": [], "last": 0}
 
 
 def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefinition) -> JourneyResult:
@@ -102,70 +114,80 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     if fs is None:
         fs = state[funnel.name] = _new_funnel_state()
     event_id = event["event_id"]
-    stage = event["event_type"]
-    index = funnel.index(stage)
-
-    if event_id in fs["seen"]:
-        return _replay(fs, event, funnel, index)
-
     seen: list[str] = fs["seen"]
+    if event_id in seen:
+        result = JourneyResult(duplicate=True, channel=fs["ch"] or DEFAULT_CHANNEL)
+        _emit_all(result, fs, funnel, event["user_id"])
+        return result
+
     seen.append(event_id)
     if len(seen) > SEEN_LIMIT:
         del seen[: len(seen) - SEEN_LIMIT]
     if fs["ch"] is None or (funnel.attribution == "last_touch" and event["channel"]):
         fs["ch"] = event["channel"] or fs["ch"] or DEFAULT_CHANNEL
     result = JourneyResult(channel=fs["ch"])
-    if index < 0 or stage in fs["st"]:
+    stage = event["event_type"]
+    if funnel.index(stage) < 0 or stage in fs["st"]:
         return result
 
     ts = event["ts"]
-    far = fs["far"]
-    from_stage: str | None = None
-    from_ts: int | None = None
-    if index > far >= 0:
-        from_stage = funnel.stages[far]
-        from_ts = fs["st"][from_stage][0]
-    fs["st"][stage] = [ts, event_id, from_stage, from_ts]
-    fs["far"] = max(far, index)
+    fs["st"][stage] = [ts, event_id]
     fs["last"] = max(fs["last"], ts)
-    _emit(result, fs, funnel, event["user_id"], stage)
-    return result
-
-
-def _replay(
-    fs: dict[str, Any], event: NormalizedEvent, funnel: FunnelDefinition, index: int
-) -> JourneyResult:
-    result = JourneyResult(duplicate=True, channel=fs["ch"] or DEFAULT_CHANNEL)
-    stage = event["event_type"]
-    recorded = fs["st"].get(stage) if index >= 0 else None
-    if recorded is not None and recorded[1] == event["event_id"]:
-        _emit(result, fs, funnel, event["user_id"], stage)
-    return result
-
-
-def _emit(
-    result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user_id: str, stage: str
-) -> None:
-    ts, event_id, from_stage, from_ts = fs["st"][stage]
-    index = funnel.index(stage)
-    result.entries.append(
-        StageEntry(funnel.name, stage, index, user_id, ts, result.channel, event_id)
-    )
-    if from_stage is not None:
-        # Out-of-order event times can put the later stage first: clamp at 0.
-        seconds = max(0.0, (ts - from_ts) / 1000.0)
+    user = event["user_id"]
+    result.entries.append(_entry(fs, funnel, user, stage, result.channel))
+    desired = _walk(fs["st"], funnel)
+    emitted: dict[str, list[Any]] = fs["tr"]
+    for to in sorted(desired.keys() | emitted.keys(), key=funnel.index):
+        want = desired.get(to)
+        have = emitted.get(to)
+        if have is not None and have[0] == want:
+            continue
+        fs["ver"] += 1
+        emitted[to] = [want, fs["ver"]]
         result.transitions.append(
-            Transition(
-                funnel=funnel.name,
-                from_stage=from_stage,
-                to_stage=stage,
-                from_index=funnel.index(from_stage),
-                to_index=index,
-                user_id=user_id,
-                from_ts=from_ts,
-                ts=ts,
-                seconds=seconds,
-                channel=result.channel,
-                event_id=event_id,
-            )
+            _transition(fs, funnel, user, to, want, fs["ver"], result.channel, first=have is None)
         )
+    return result
+
+
+def _walk(reached: dict[str, list[Any]], funnel: FunnelDefinition) -> dict[str, str]:
+    """to_stage -> from_stage for the stages ``reached``, walked in event-time order."""
+    order = sorted(reached, key=lambda s: (reached[s][0], funnel.index(s)))
+    transitions: dict[str, str] = {}
+    furthest = order[0]
+    for stage in order[1:]:
+        if funnel.index(stage) > funnel.index(furthest):
+            transitions[stage] = furthest
+            furthest = stage
+    return transitions
+
+
+def _entry(fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str, channel: str) -> StageEntry:
+    ts, event_id = fs["st"][stage]
+    return StageEntry(funnel.name, stage, funnel.index(stage), user, ts, channel, event_id)
+
+
+def _transition(
+    fs: dict[str, Any], funnel: FunnelDefinition, user: str, to: str, from_stage: str | None,
+    version: int, channel: str, first: bool = False,
+) -> Transition:
+    ts, event_id = fs["st"][to]
+    if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
+        return Transition(funnel.name, "", to, 0, funnel.index(to), user, ts, ts, 0.0, channel,
+                          event_id, version, deleted=True)
+    from_ts = fs["st"][from_stage][0]
+    return Transition(
+        funnel=funnel.name, from_stage=from_stage, to_stage=to,
+        from_index=funnel.index(from_stage), to_index=funnel.index(to), user_id=user,
+        from_ts=from_ts, ts=ts, seconds=max(0.0, (ts - from_ts) / 1000.0), channel=channel,
+        event_id=event_id, version=version, first=first,
+    )
+
+
+def _emit_all(result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str) -> None:
+    """Everything the user's state stands for, as it stands (for replays)."""
+    for stage in sorted(fs["st"], key=funnel.index):
+        result.entries.append(_entry(fs, funnel, user, stage, result.channel))
+    for to in sorted(fs["tr"], key=funnel.index):
+        from_stage, version = fs["tr"][to]
+        result.transitions.append(_transition(fs, funnel, user, to, from_stage, version, result.channel))

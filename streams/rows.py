@@ -34,7 +34,7 @@ def entry_row(x: StageEntry) -> tuple[Any, ...]:
 def transition_row(x: Transition) -> tuple[Any, ...]:
     return (
         x.funnel, x.from_stage, x.to_stage, x.from_index, x.to_index, x.user_id, x.from_ts,
-        x.ts, x.seconds, x.channel, x.event_id,
+        x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted),
     )
 
 
@@ -42,8 +42,9 @@ def change_message(x: StageEntry | Transition) -> bytes:
     """The stage-changes topic record the window agent reads (compact keys)."""
     body: dict[str, Any]
     if isinstance(x, Transition):
-        body = {"k": "transition", "fs": x.from_stage, "s": x.to_stage}
+        body = {"k": "transition", "fs": x.from_stage, "s": x.to_stage, "v": x.version,
+                "d": x.deleted}
     else:
-        body = {"k": "entry", "fs": "", "s": x.stage}
+        body = {"k": "entry", "fs": "", "s": x.stage, "v": 1, "d": False}
     body.update({"f": x.funnel, "c": x.channel, "u": x.user_id, "ts": x.ts})
     return orjson.dumps(body)

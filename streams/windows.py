@@ -1,24 +1,26 @@
 """Tumbling event-time windows for stage entries and transitions.
 
-Window counts must be exact although the pipeline is at-least-once. Counting
-in a Faust windowed table cannot promise that: a replay after a crash adds the
-same entry twice. So a window is a *set of users* per key, kept in ClickHouse
-as a ``uniqExact`` aggregate state (``funnel.stage_counts``, an
-AggregatingMergeTree): adding a user twice changes nothing, a late entry
-merges into its old window (the row is corrected, never duplicated), and the
-window agent only has to assign windows and pre-aggregate each batch.
+Window counts must be exact although the pipeline is at-least-once, and
+transitions can be corrected when a user's events arrive out of order (see
+:mod:`streams.journey`). Counting in a Faust windowed table promises neither:
+a replay after a crash adds the same entry twice and a count cannot take a
+corrected transition back. So a window is the *set of its users*: the window
+agent writes one membership row per (funnel, kind, stage, user) - keyed, with
+the transition's version and a deleted flag - to ``funnel.stage_counts``, a
+ReplacingMergeTree. A replay rewrites the same row, a correction replaces it,
+a late event lands in its own (old) window; ``stage_counts_final`` counts the
+members per window.
 
-This module is pure: window assignment, the per-batch aggregation and the
-per-partition watermark that decides what is late.
+This module is pure: window assignment, the per-batch collection (highest
+version per key) and the per-partition watermark that decides what is late.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-__all__ = ["Watermarks", "WindowAggregator", "WindowKey", "window_start"]
+__all__ = ["ENTRY", "TRANSITION", "Membership", "Watermarks", "WindowAggregator", "window_start"]
 
 ENTRY = "entry"
 TRANSITION = "transition"
@@ -30,47 +32,59 @@ def window_start(ts_ms: int, size_seconds: int) -> int:
     return ts - ts % size_seconds
 
 
-class WindowKey(NamedTuple):
+class Membership(NamedTuple):
+    """One row of ``stage_counts`` (column order: ``sinks.COLUMNS['stage_counts']``)."""
+
     window_start: int
+    window_seconds: int
     funnel: str
     kind: str
     from_stage: str
     stage: str
     channel: str
+    user_id: str
+    version: int
+    is_deleted: int
 
 
 class WindowAggregator:
-    """Collects the distinct users per window key within one batch."""
+    """Collects window memberships of one batch, the highest version per key."""
 
     def __init__(self, size_seconds: int) -> None:
         if size_seconds <= 0:
             raise ValueError("window size must be positive")
         self.size = size_seconds
-        self._users: defaultdict[WindowKey, set[str]] = defaultdict(set)
+        self._rows: dict[tuple[str, str, str, str], Membership] = {}
 
     def add(
-        self, ts_ms: int, funnel: str, kind: str, from_stage: str, stage: str,
-        channel: str, user_id: str,
-    ) -> WindowKey:
-        key = WindowKey(window_start(ts_ms, self.size), funnel, kind, from_stage, stage, channel)
-        self._users[key].add(user_id)
-        return key
+        self, ts_ms: int, funnel: str, kind: str, from_stage: str, stage: str, channel: str,
+        user_id: str, version: int = 1, deleted: bool = False,
+    ) -> Membership:
+        row = Membership(window_start(ts_ms, self.size), self.size, funnel, kind, from_stage, stage,
+                         channel, user_id, version, int(deleted))
+        key = (funnel, kind, stage, user_id)
+        current = self._rows.get(key)
+        if current is None or current.version <= version:
+            self._rows[key] = row
+        return row
 
-    def rows(self) -> Iterator[tuple[int, int, str, str, str, str, str, str]]:
-        """Rows for ``stage_counts_input``: one per (window key, user)."""
-        for key, users in self._users.items():
-            for user in users:
-                yield (key.window_start, self.size, key.funnel, key.kind, key.from_stage,
-                       key.stage, key.channel, user)
+    def rows(self) -> Iterator[Membership]:
+        return iter(self._rows.values())
 
-    def counts(self) -> dict[WindowKey, int]:
-        return {key: len(users) for key, users in self._users.items()}
+    def counts(self) -> dict[tuple[int, str, str, str, str, str], int]:
+        """Members per (window_start, funnel, kind, from_stage, stage, channel) in this batch."""
+        out: dict[tuple[int, str, str, str, str, str], int] = {}
+        for r in self._rows.values():
+            if not r.is_deleted:
+                k = (r.window_start, r.funnel, r.kind, r.from_stage, r.stage, r.channel)
+                out[k] = out.get(k, 0) + 1
+        return out
 
     def clear(self) -> None:
-        self._users.clear()
+        self._rows.clear()
 
     def __len__(self) -> int:
-        return sum(len(u) for u in self._users.values())
+        return len(self._rows)
 
 
 class Watermarks:

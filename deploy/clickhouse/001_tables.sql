@@ -55,8 +55,11 @@ ENGINE = ReplacingMergeTree
 ORDER BY (funnel, stage, user_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
--- A user advancing from their furthest stage to a later one (skips included).
--- Natural id: (funnel, to_stage, user_id) - a stage is entered once.
+-- A user advancing from their furthest stage (in event time) to a later one,
+-- skips included. Natural id: (funnel, to_stage, user_id). A transition that a
+-- late-arriving event corrected comes again with a higher version; one that
+-- no longer exists comes as a tombstone (is_deleted = 1). FINAL shows the
+-- current ones.
 CREATE TABLE IF NOT EXISTS {database}.transitions
 (
     funnel          LowCardinality(String),
@@ -69,16 +72,19 @@ CREATE TABLE IF NOT EXISTS {database}.transitions
     ts              DateTime64(3, 'UTC'),
     seconds         Float64,
     channel         LowCardinality(String),
-    event_id        UUID
+    event_id        UUID,
+    version         UInt32,
+    is_deleted      UInt8
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, to_stage, user_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
--- Tumbling event-time windows: the distinct users per window and key, as a
--- uniqExact state. Adding a user twice (a replay) changes nothing; a late
--- entry merges into its window. Read with uniqExactMerge(users), or through
--- the stage_counts_final view.
+-- Tumbling event-time windows as memberships: one row per (window size,
+-- funnel, kind, stage, user), in the window of the entry / the transition's
+-- to-stage time. A replay rewrites the same row, a corrected transition
+-- replaces it (version), a retracted one is a tombstone, a late event lands
+-- in its old window. Count members with the stage_counts_final view.
 CREATE TABLE IF NOT EXISTS {database}.stage_counts
 (
     window_start    DateTime('UTC'),
@@ -88,28 +94,11 @@ CREATE TABLE IF NOT EXISTS {database}.stage_counts
     from_stage      LowCardinality(String) COMMENT 'empty for entries',
     stage           LowCardinality(String) COMMENT 'entered stage / to_stage',
     channel         LowCardinality(String),
-    users           AggregateFunction(uniqExact, String)
+    user_id         String,
+    version         UInt32,
+    is_deleted      UInt8
 )
-ENGINE = AggregatingMergeTree
-ORDER BY (funnel, window_seconds, window_start, kind, from_stage, stage, channel);
-
--- The window agent inserts one row per (window key, user) here; the
--- materialized view folds them into stage_counts.
-CREATE TABLE IF NOT EXISTS {database}.stage_counts_input
-(
-    window_start    DateTime('UTC'),
-    window_seconds  UInt32,
-    funnel          LowCardinality(String),
-    kind            LowCardinality(String),
-    from_stage      LowCardinality(String),
-    stage           LowCardinality(String),
-    channel         LowCardinality(String),
-    user_id         String
-)
-ENGINE = Null;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.stage_counts_mv TO {database}.stage_counts AS
-SELECT window_start, window_seconds, funnel, kind, from_stage, stage, channel,
-       uniqExactState(user_id) AS users
-FROM {database}.stage_counts_input
-GROUP BY window_start, window_seconds, funnel, kind, from_stage, stage, channel;
+ENGINE = ReplacingMergeTree(version, is_deleted)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (funnel, window_seconds, kind, stage, user_id)
+SETTINGS non_replicated_deduplication_window = 1000;

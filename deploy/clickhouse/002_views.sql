@@ -3,8 +3,8 @@
 -- Windowed counts as plain numbers.
 CREATE OR REPLACE VIEW {database}.stage_counts_final AS
 SELECT window_start, window_seconds, funnel, kind, from_stage, stage, channel,
-       uniqExactMerge(users) AS users
-FROM {database}.stage_counts
+       count() AS users
+FROM {database}.stage_counts FINAL
 GROUP BY window_start, window_seconds, funnel, kind, from_stage, stage, channel;
 
 -- Entries per day, funnel, stage and (attributed) channel.

@@ -174,3 +174,34 @@ def test_funnel_sql_asks_the_engine_owner(worker: Worker) -> None:
         env=worker.env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert refused.returncode == 1 and "readonly" in refused.stderr.lower()
+
+
+def test_transitions_follow_event_time_whatever_the_topic_order(worker: Worker) -> None:
+    """Purchases first, visits last (as when a backlog is consumed): transitions still exact."""
+    prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+    t0 = _t0()
+    users = [f"r{i}" for i in range(200)]
+    plan = [("visit", 0), ("signup", 30_000), ("purchase", 90_000)]  # purchase skips two stages
+    for stage, offset in reversed(plan):
+        extra = {"amount": "5", "currency": "USD"} if stage == "purchase" else {}
+        produce(worker.env["FUNNEL_KAFKA_URL"].removeprefix("kafka://"), [
+            (f"{prefix}{stage}", u.encode(), event(stage, u, t0 + offset, channel="seo", **extra)[2])
+            for u in users
+        ])
+        wait_until(lambda s=stage: worker.metric_sum("funnel_events_total", event_type=s) >= 200, 60,
+                   f"{stage} consumed")
+    expected = [["signup", "visit", 200, 30.0], ["purchase", "signup", 200, 60.0]]
+
+    def transitions() -> list[list[object]]:
+        return worker.sql("SELECT to_stage, from_stage, count(), max(seconds) FROM funnel.transitions "
+                          "FINAL GROUP BY to_stage, from_stage ORDER BY min(to_index)")
+
+    wait_until(lambda: transitions() == expected, 60, f"transitions {expected}")
+    windows = [["signup", "purchase", 200], ["visit", "signup", 200]]
+    wait_until(lambda: worker.sql(
+        "SELECT from_stage, stage, sum(users) FROM funnel.stage_counts_final "
+        "WHERE kind = 'transition' GROUP BY from_stage, stage ORDER BY stage") == windows,
+        60, f"transition windows {windows}")
+    # Each user's first transition into a stage is counted once on /metrics.
+    assert worker.metric_sum("funnel_transitions_total", to_stage="purchase") == 200
+    assert worker.metric_sum("funnel_transitions_total", to_stage="signup") == 200
