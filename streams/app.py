@@ -38,6 +38,7 @@ from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
 from streams.journey import UserState, apply_event
 from streams.rows import change_message, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
+from streams.sqlguard import UnsafeQuery, check_read_only
 from streams.topics import TopicNames
 from streams.windows import Watermarks, WindowAggregator
 
@@ -306,9 +307,10 @@ class Pipeline:
         """Read-only SQL for other processes (the embedded engine has one owner)."""
         if self.reader is None:
             return web.json({"error": "this worker serves no SQL"}, status=404)
-        sql = request.query.get("q", "")
-        if not sql.strip():
-            return web.json({"error": "empty query: pass it as ?q="}, status=400)
+        try:
+            sql = check_read_only(request.query.get("q", ""))
+        except UnsafeQuery as exc:
+            return web.json({"error": f"{exc} (pass one query as ?q=)"}, status=400)
         try:
             result = await self.journey_sink.run_blocking(self.reader.query, sql)
         except Exception as exc:

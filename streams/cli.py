@@ -19,6 +19,7 @@ from schemas import FunnelConfigError, write_json_schemas
 from sinks import SinkConfigError, connect, parse_clickhouse_url
 from streams.report import format_table
 from streams.settings import Settings, load_funnels
+from streams.sqlguard import UnsafeQuery, check_read_only
 
 __all__ = ["main"]
 
@@ -152,6 +153,11 @@ def _sql_via_owner(settings: Settings, query: str) -> dict[str, Any] | None:
 
 
 def _cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        args.query = check_read_only(args.query)
+    except UnsafeQuery as exc:
+        print(f"sql: {exc}", file=sys.stderr)
+        return 2
     url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
     answer = None
     if url is None or url.startswith("chdb:"):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -53,7 +54,10 @@ class Worker:
             return bytes(resp.read())
 
     def sql(self, query: str) -> list[list[Any]]:
-        answer = json.loads(self.get("/sql?" + urllib.parse.urlencode({"q": query})))
+        try:
+            answer = json.loads(self.get("/sql?" + urllib.parse.urlencode({"q": query})))
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read())
         if "error" in answer:
             raise AssertionError(f"SQL failed: {answer['error']}")
         return list(answer["rows"])
