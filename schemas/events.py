@@ -105,7 +105,10 @@ class FunnelEvent(BaseModel):
     event_id: UUID
     user_id: UserId
     ts: Timestamp = Field(description="Event time: ISO 8601 with zone, or epoch milliseconds.")
-    funnel: FunnelName = "default"
+    funnel: FunnelName | None = Field(
+        default=None,
+        description="Only this funnel; absent: every configured funnel that has this stage.",
+    )
     channel: Dimension | None = None
     campaign: Dimension | None = None
     product: Dimension | None = None

@@ -48,14 +48,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "events": (
         "event_id", "event_type", "funnel", "user_id", "ts", "received_at", "channel",
         "attributed_channel", "campaign", "product", "region", "manager", "amount", "currency",
-        "order_id", "email_hash", "properties", "source",
+        "order_id", "email_hash", "properties", "source", "customer",
     ),
     "stage_entries": (
-        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id",
+        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id", "campaign",
+        "product", "region", "manager",
     ),
     "transitions": (
         "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
-        "ts", "seconds", "channel", "event_id", "version", "is_deleted",
+        "ts", "seconds", "channel", "event_id", "version", "is_deleted", "campaign",
     ),
     "stage_counts": (
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",

@@ -33,9 +33,9 @@ from faust import Stream
 from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schemas import Decoder, FunnelsConfig, InvalidEvent, NormalizedEvent
+from schemas import EVENT_TYPES, Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
-from streams.journey import UserState, apply_event
+from streams.journey import JourneyResult, UserState, apply_event
 from streams.rows import change_message, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
@@ -95,6 +95,9 @@ class Pipeline:
             raise ValueError("FUNNEL_KAFKA_URL is required to run the worker")
         self.settings = settings
         self.funnels = funnels.by_name
+        self.routes: dict[str, list[FunnelDefinition]] = {
+            t: [f for f in funnels.funnels if f.index(t) >= 0] for t in EVENT_TYPES
+        }
         self.metrics = FunnelMetrics(registry, settings.channel_list)
         self.names = TopicNames(settings)
         self.event_type_of = self.names.event_type_of()
@@ -203,7 +206,8 @@ class Pipeline:
                     ],
                 ))
                 continue
-            m.events.labels(norm["funnel"], event_type).inc()
+            for name in [f.name for f in self.targets(norm)] or ["none"]:
+                m.events.labels(name, event_type).inc()
             pending.append(await self.normalized.send(
                 key=norm["user_id"].encode(), value=orjson.dumps(norm)
             ))
@@ -212,7 +216,6 @@ class Pipeline:
 
     async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         m = self.metrics
-        bound = m.channel
         sink = self.journey_sink
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
@@ -227,40 +230,35 @@ class Pipeline:
         )
         for event, e in decoded:
             msg = event.message
-            funnel = self.funnels.get(e["funnel"])
-            if funnel is None:  # configuration changed since ingest validated it
-                log.warning("journey: funnel %r is no longer configured; event %s skipped",
-                            e["funnel"], e["event_id"])
-                continue
             key = msg.key or e["user_id"].encode()
-            cached = dirty.get(key)
-            state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
-            result = apply_event(state, e, funnel)
-            dirty[key] = (state, event)
-            sink.add("events", event_row(e, result.channel))
-            for entry in result.entries:
-                sink.add("stage_entries", entry_row(entry))
-                changes.append((key, change_message(entry)))
-            for tr in result.transitions:
-                sink.add("transitions", transition_row(tr))
-                changes.append((key, change_message(tr)))
-            if result.duplicate:
-                m.duplicate_events.labels(funnel.name).inc()
+            targets = self.targets(e)
+            if not targets:  # valid, but no configured funnel has this stage: kept
+                sink.add("events", event_row(e, "", "", ""))
                 continue
-            m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
-            if self.watermarks.observe(msg.tp, e["ts"]):
-                m.late_events.labels(funnel.name).inc()
-            channel = bound(result.channel)
-            for entry in result.entries:
-                m.stage_entries.labels(funnel.name, entry.stage, channel).inc()
-            for tr in result.transitions:
-                if tr.first:  # a correction is not a new conversion
-                    m.transitions.labels(funnel.name, tr.from_stage, tr.to_stage, channel).inc()
-                    m.transition_duration.labels(funnel.name, tr.from_stage, tr.to_stage).observe(
-                        tr.seconds
-                    )
-            if e["amount"] is not None:
-                m.revenue.labels(funnel.name, channel, e["currency"]).inc(float(e["amount"]))
+            cached = dirty.get(key)
+            if cached is None:
+                # Faust's RocksDB store reads (and writes) the partition of the
+                # "current event": point it at this message before touching the table.
+                stream._set_current_event(event)
+            state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
+            dirty[key] = (state, event)
+            late = self.watermarks.observe(msg.tp, e["ts"])
+            for funnel in targets:
+                result = apply_event(state, e, funnel)
+                sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
+                for entry in result.entries:
+                    sink.add("stage_entries", entry_row(entry))
+                    changes.append((key, change_message(entry)))
+                for tr in result.transitions:
+                    sink.add("transitions", transition_row(tr))
+                    changes.append((key, change_message(tr)))
+                if result.duplicate:
+                    m.duplicate_events.labels(funnel.name).inc()
+                    continue
+                m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
+                if late:
+                    m.late_events.labels(funnel.name).inc()
+                self._count(funnel.name, e, result)
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
         for key, (state, event) in dirty.items():
@@ -270,6 +268,25 @@ class Pipeline:
         pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
         await asyncio.gather(*pending)
         self.processed += len(events)
+
+    def targets(self, e: NormalizedEvent) -> list[FunnelDefinition]:
+        """The funnels an event feeds: the one it names, else every funnel with its stage."""
+        if e["funnel"]:
+            named = self.funnels.get(e["funnel"])
+            return [named] if named else []  # unknown ones were dead-lettered at ingest
+        return self.routes.get(e["event_type"], [])
+
+    def _count(self, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
+        m = self.metrics
+        channel = m.channel(result.channel)
+        for entry in result.entries:
+            m.stage_entries.labels(funnel, entry.stage, channel).inc()
+        for tr in result.transitions:
+            if tr.first:  # a correction is not a new conversion
+                m.transitions.labels(funnel, tr.from_stage, tr.to_stage, channel).inc()
+                m.transition_duration.labels(funnel, tr.from_stage, tr.to_stage).observe(tr.seconds)
+        if e["amount"] is not None:
+            m.revenue.labels(funnel, channel, e["currency"]).inc(float(e["amount"]))
 
     async def _window_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         agg = WindowAggregator(self.settings.window_seconds)

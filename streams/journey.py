@@ -55,6 +55,17 @@ UserState = dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class Breakdown:
+    """The dimensions an entry is reported by: campaign is first touch, like the
+    channel; product, region and manager are the latest the user's events named."""
+
+    campaign: str = ""
+    product: str = ""
+    region: str = ""
+    manager: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StageEntry:
     funnel: str
     stage: str
@@ -63,6 +74,7 @@ class StageEntry:
     ts: int
     channel: str
     event_id: str
+    dims: Breakdown = Breakdown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,7 @@ class Transition:
     event_id: str
     version: int
     deleted: bool = False
+    campaign: str = ""
     #: True the first time this user gets a transition into to_stage (metrics
     #: count those only: corrections are not new conversions).
     first: bool = False
@@ -93,6 +106,8 @@ class JourneyResult:
     entries: list[StageEntry] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     channel: str = DEFAULT_CHANNEL
+    #: For purchases: "new" for the user's first purchase, "returning" after.
+    customer: str = ""
 
 
 def _new_funnel_state() -> dict[str, Any]:
@@ -100,8 +115,11 @@ def _new_funnel_state() -> dict[str, Any]:
     #   st: stage -> [ts_ms, event_id]          stages reached
     #   tr: to_stage -> [from_stage | None, version]   emitted transitions (None: retracted)
     #   ver: last transition version; ch: attributed channel
+    #   dims: [campaign (first touch), product, region, manager (latest)]
+    #   buys: event ids of the user's purchases, in order (new vs returning)
     #   seen: recent event ids; last: latest entry time
-    return {"st": {}, "tr": {}, "ver": 0, "ch": None, "seen": [], "last": 0}
+    return {"st": {}, "tr": {}, "ver": 0, "ch": None, "dims": ["", "", "", ""], "buys": [],
+            "seen": [], "last": 0}
 
 
 def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefinition) -> JourneyResult:
@@ -117,6 +135,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     seen: list[str] = fs["seen"]
     if event_id in seen:
         result = JourneyResult(duplicate=True, channel=fs["ch"] or DEFAULT_CHANNEL)
+        result.customer = _customer(fs, event_id)
         _emit_all(result, fs, funnel, event["user_id"])
         return result
 
@@ -125,8 +144,14 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         del seen[: len(seen) - SEEN_LIMIT]
     if fs["ch"] is None or (funnel.attribution == "last_touch" and event["channel"]):
         fs["ch"] = event["channel"] or fs["ch"] or DEFAULT_CHANNEL
+    _update_dims(fs, event)
     result = JourneyResult(channel=fs["ch"])
     stage = event["event_type"]
+    if stage == "purchase":
+        buys: list[str] = fs["buys"]
+        buys.append(event_id)
+        del buys[: max(0, len(buys) - SEEN_LIMIT)]
+        result.customer = _customer(fs, event_id)
     if funnel.index(stage) < 0 or stage in fs["st"]:
         return result
 
@@ -150,6 +175,22 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     return result
 
 
+def _update_dims(fs: dict[str, Any], event: NormalizedEvent) -> None:
+    dims = fs.setdefault("dims", ["", "", "", ""])
+    if not dims[0] and not fs["seen"][:-1]:  # campaign: first touch only
+        dims[0] = event["campaign"] or ""
+    for i, key in ((1, "product"), (2, "region"), (3, "manager")):
+        if event[key]:  # type: ignore[literal-required]
+            dims[i] = event[key]  # type: ignore[literal-required]
+
+
+def _customer(fs: dict[str, Any], event_id: str) -> str:
+    buys = fs.get("buys", [])
+    if event_id not in buys:
+        return ""
+    return "new" if buys.index(event_id) == 0 else "returning"
+
+
 def _walk(reached: dict[str, list[Any]], funnel: FunnelDefinition) -> dict[str, str]:
     """to_stage -> from_stage for the stages ``reached``, walked in event-time order."""
     order = sorted(reached, key=lambda s: (reached[s][0], funnel.index(s)))
@@ -164,7 +205,8 @@ def _walk(reached: dict[str, list[Any]], funnel: FunnelDefinition) -> dict[str, 
 
 def _entry(fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str, channel: str) -> StageEntry:
     ts, event_id = fs["st"][stage]
-    return StageEntry(funnel.name, stage, funnel.index(stage), user, ts, channel, event_id)
+    return StageEntry(funnel.name, stage, funnel.index(stage), user, ts, channel, event_id,
+                      Breakdown(*fs.get("dims", ("", "", "", ""))))
 
 
 def _transition(
@@ -174,13 +216,13 @@ def _transition(
     ts, event_id = fs["st"][to]
     if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
         return Transition(funnel.name, "", to, 0, funnel.index(to), user, ts, ts, 0.0, channel,
-                          event_id, version, deleted=True)
+                          event_id, version, deleted=True, campaign=fs["dims"][0])
     from_ts = fs["st"][from_stage][0]
     return Transition(
         funnel=funnel.name, from_stage=from_stage, to_stage=to,
         from_index=funnel.index(from_stage), to_index=funnel.index(to), user_id=user,
         from_ts=from_ts, ts=ts, seconds=max(0.0, (ts - from_ts) / 1000.0), channel=channel,
-        event_id=event_id, version=version, first=first,
+        event_id=event_id, version=version, first=first, campaign=fs["dims"][0],
     )
 
 

@@ -17,24 +17,26 @@ def _prop(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def event_row(e: NormalizedEvent, attributed_channel: str) -> tuple[Any, ...]:
+def event_row(e: NormalizedEvent, funnel: str, attributed_channel: str, customer: str) -> tuple[Any, ...]:
     return (
-        e["event_id"], e["event_type"], e["funnel"], e["user_id"], e["ts"], e["received_at"],
+        e["event_id"], e["event_type"], funnel, e["user_id"], e["ts"], e["received_at"],
         e["channel"] or "", attributed_channel, e["campaign"] or "", e["product"] or "",
         e["region"] or "", e["manager"] or "", e["amount"] or "0", e["currency"] or "",
         e["order_id"] or "", e["email_hash"] or "",
-        {k: _prop(v) for k, v in e["properties"].items()}, e["source"],
+        {k: _prop(v) for k, v in e["properties"].items()}, e["source"], customer,
     )
 
 
 def entry_row(x: StageEntry) -> tuple[Any, ...]:
-    return (x.funnel, x.stage, x.stage_index, x.user_id, x.ts, x.channel, x.event_id)
+    d = x.dims
+    return (x.funnel, x.stage, x.stage_index, x.user_id, x.ts, x.channel, x.event_id,
+            d.campaign, d.product, d.region, d.manager)
 
 
 def transition_row(x: Transition) -> tuple[Any, ...]:
     return (
         x.funnel, x.from_stage, x.to_stage, x.from_index, x.to_index, x.user_id, x.from_ts,
-        x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted),
+        x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted), x.campaign,
     )
 
 

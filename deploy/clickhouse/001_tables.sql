@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS {database}.events
     order_id        String,
     email_hash      String COMMENT 'keyed HMAC-SHA256 of the e-mail, never the address',
     properties      Map(String, String),
-    source          String COMMENT 'topic:partition:offset it was read from'
+    source          String COMMENT 'topic:partition:offset it was read from',
+    customer        LowCardinality(String) COMMENT 'purchases: new or returning, else empty'
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ts)
@@ -48,8 +49,12 @@ CREATE TABLE IF NOT EXISTS {database}.stage_entries
     stage_index     UInt8,
     user_id         String,
     ts              DateTime64(3, 'UTC'),
-    channel         LowCardinality(String),
-    event_id        UUID
+    channel         LowCardinality(String) COMMENT 'first-touch (or last-touch) channel',
+    event_id        UUID,
+    campaign        String COMMENT 'first-touch campaign',
+    product         LowCardinality(String) COMMENT 'latest product the user''s events named',
+    region          LowCardinality(String),
+    manager         LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (funnel, stage, user_id)
@@ -74,7 +79,8 @@ CREATE TABLE IF NOT EXISTS {database}.transitions
     channel         LowCardinality(String),
     event_id        UUID,
     version         UInt32,
-    is_deleted      UInt8
+    is_deleted      UInt8,
+    campaign        String COMMENT 'first-touch campaign'
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, to_stage, user_id)
