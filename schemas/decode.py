@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from pydantic import ValidationError
@@ -62,7 +63,7 @@ class NormalizedEvent(TypedDict):
 
     event_id: str
     event_type: str
-    funnel: str
+    funnel: str | None  # None: every funnel that has this stage
     user_id: str
     ts: int
     received_at: int
@@ -80,6 +81,9 @@ class NormalizedEvent(TypedDict):
 
 
 NORMALIZED_KEYS: tuple[str, ...] = tuple(NormalizedEvent.__annotations__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def hash_email(email: str, key: bytes) -> str:
@@ -150,9 +154,11 @@ class Decoder:
         return self._normalize(event, now_ms, source)
 
     def _normalize(self, event: FunnelEvent, now_ms: int, source: str) -> NormalizedEvent:
-        if event.funnel not in self.funnels:
+        if event.funnel is not None and event.funnel not in self.funnels:
             raise InvalidEvent("unknown_funnel", f"funnel {event.funnel!r} is not configured")
-        ts = int(event.ts.timestamp() * 1000)
+        # Integer arithmetic: timestamp() * 1000 is a float and loses a
+        # millisecond for some times (e.g. 2004-06-30T12:59:19.396Z).
+        ts = (event.ts - _EPOCH) // _MILLISECOND
         if ts - now_ms > self.max_future_ms:
             raise InvalidEvent(
                 "future_timestamp",

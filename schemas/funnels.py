@@ -84,6 +84,8 @@ def _describe(exc: ValidationError, data: Mapping[str, Any], source: str) -> str
     problems = []
     funnels = data.get("funnels")
     for err in exc.errors(include_url=False):
+        if _short_only_after_validation(err):
+            continue
         loc = list(err.get("loc", ()))
         where = "config"
         if len(loc) >= 2 and loc[0] == "funnels" and isinstance(loc[1], int):
@@ -95,6 +97,15 @@ def _describe(exc: ValidationError, data: Mapping[str, Any], source: str) -> str
         msg = err.get("msg", "invalid")
         problems.append(f"{where}{': ' + field if field else ''}: {msg}")
     return f"{source}: " + "; ".join(problems)
+
+
+def _short_only_after_validation(err: Any) -> bool:
+    """A length error caused only by invalid items ("at least 1 item after validation,
+    not 0" for a list of one bad funnel): the items' own errors say what is wrong."""
+    if err.get("type") != "too_short":
+        return False
+    given, minimum = err.get("input"), err.get("ctx", {}).get("min_length", 0)
+    return isinstance(given, list | tuple) and len(given) >= minimum
 
 
 def default_config() -> FunnelsConfig:

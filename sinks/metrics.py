@@ -119,6 +119,12 @@ class FunnelMetrics:
             buckets=TRANSITION_BUCKETS,
             registry=r,
         )
+        self.dropoffs = Counter(
+            "funnel_dropoffs",
+            "Users whose conversion window expired at a stage without advancing (closed lost).",
+            ["funnel", "stage", "channel"],
+            registry=r,
+        )
         self.stalled_users = Gauge(
             "funnel_stalled_users",
             "Users whose furthest stage is this one and who made no progress "
