@@ -28,7 +28,7 @@ RULE_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 ALERTMANAGER_DIR = DEPLOY / "alertmanager"
 GRAFANA_DIR = DEPLOY / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
-README_DEPLOY = DEPLOY / "README-deploy.md"
+README = REPO / "README.md"
 
 INSTALL_HINT = "apt-get install -y prometheus prometheus-alertmanager docker-compose"
 
@@ -214,3 +214,11 @@ def check_promql_parses(exprs: Mapping[str, str], tmp_path: Path) -> None:
 def unknown_series(exprs: Iterable[str]) -> set[str]:
     known = known_series_names()
     return {name for expr in exprs for name in promql_series_names(expr)} - known
+
+
+def readme_production() -> str:
+    """The README's "Production" section (up to the next top-level heading)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n## Production\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]

@@ -1,4 +1,4 @@
-"""docker-compose.yml, deploy/Dockerfile and deploy/README-deploy.md, checked
+"""docker-compose.yml, deploy/Dockerfile and the README's "Production" section, checked
 statically (no Docker engine here): `docker-compose config` from Debian's
 docker-compose 1.29 validates and interpolates the file."""
 
@@ -12,7 +12,6 @@ import pytest
 from deploy_support import (
     DEPLOY,
     PROMETHEUS_DIR,
-    README_DEPLOY,
     REPO,
     bind_mounts,
     compose_config,
@@ -20,9 +19,10 @@ from deploy_support import (
     container_path_of,
     default_compose_config,
     load_yaml,
+    readme_production,
 )
 
-README = README_DEPLOY.read_text(encoding="utf-8")
+README = readme_production()
 # Rows of the services table: | `name` | host port (or a dash) | what |
 README_SERVICES = dict(re.findall(r"^\| `([\w-]+)` \| ([^|]*?) \|", README, re.M))
 STATEFUL = {"kafka": "kafka-data", "clickhouse": "clickhouse-data",
