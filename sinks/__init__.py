@@ -12,6 +12,7 @@ from sinks.clickhouse import (
     connect,
     migrate,
     parse_clickhouse_url,
+    write_funnel_config,
 )
 from sinks.exceptions import SinkConfigError, SinkRetryableError, SinkStopped
 from sinks.metrics import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics
@@ -33,4 +34,5 @@ __all__ = [
     "connect",
     "migrate",
     "parse_clickhouse_url",
+    "write_funnel_config",
 ]

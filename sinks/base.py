@@ -55,6 +55,9 @@ class BatchSink(ABC):
             max_workers=1, thread_name_prefix=f"sink-{self.name}"
         )
         self._pending = metrics.sink_pending_rows.labels(self.name)
+        # Export the error counter at 0 from the start: a series that first
+        # appears at 1 hides its first failures from rate() and increase().
+        metrics.sink_errors.labels(self.name)
         self._stopping = asyncio.Event()
 
     # -- the contract -------------------------------------------------------

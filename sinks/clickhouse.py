@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -20,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from schemas import FunnelsConfig
 from sinks.base import BatchSink, Row
 from sinks.exceptions import SinkConfigError, SinkRetryableError
 from sinks.metrics import FunnelMetrics
@@ -32,6 +34,7 @@ __all__ = [
     "connect",
     "migrate",
     "parse_clickhouse_url",
+    "write_funnel_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "transitions": (
         "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
         "ts", "seconds", "channel", "event_id", "version", "is_deleted", "campaign",
+    ),
+    "funnel_stages": (
+        "funnel", "stage", "stage_index", "stages", "conversion_window_seconds", "attribution",
+        "updated_at",
     ),
     "stage_counts": (
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
@@ -163,6 +170,18 @@ def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR) -> list[str]
             client.command(statement.replace("{database}", database))
         log.info("clickhouse: applied %s to database %s", path.name, database)
     return [p.name for p in files]
+
+
+def write_funnel_config(client: Client, database: str, funnels: FunnelsConfig) -> int:
+    """Record the configured funnels in ``funnel_stages`` (views join it); returns rows written."""
+    now = datetime.now(UTC)
+    rows = [
+        (f.name, stage, i, len(f.stages), round(f.conversion_window_days * 86400), f.attribution, now)
+        for f in funnels.funnels
+        for i, stage in enumerate(f.stages)
+    ]
+    client.insert(f"{database}.funnel_stages", rows, column_names=COLUMNS["funnel_stages"])
+    return len(rows)
 
 
 class ClickHouseSink(BatchSink):

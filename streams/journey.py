@@ -32,10 +32,11 @@ Rules (the README's "Journey rules" says the same):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import FunnelDefinition, NormalizedEvent
+from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -45,6 +46,8 @@ __all__ = [
     "Transition",
     "UserState",
     "apply_event",
+    "route",
+    "routes_for",
 ]
 
 SEEN_LIMIT = 128
@@ -173,6 +176,26 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
             _transition(fs, funnel, user, to, want, fs["ver"], result.channel, first=have is None)
         )
     return result
+
+
+def route(
+    event: NormalizedEvent, funnels: dict[str, FunnelDefinition],
+    routes: dict[str, list[FunnelDefinition]],
+) -> list[FunnelDefinition]:
+    """The funnels an event feeds: the one it names, else every funnel with its stage.
+
+    ``routes`` maps each event type to the funnels that have it as a stage.
+    """
+    if event["funnel"]:
+        named = funnels.get(event["funnel"])
+        return [named] if named else []  # unknown names are dead-lettered at ingest
+    return routes.get(event["event_type"], [])
+
+
+def routes_for(funnels: Iterable[FunnelDefinition]) -> dict[str, list[FunnelDefinition]]:
+    """Event type -> the funnels that have it as a stage, in configuration order."""
+    funnels = list(funnels)
+    return {t: [f for f in funnels if f.index(t) >= 0] for t in EVENT_TYPES}
 
 
 def _update_dims(fs: dict[str, Any], event: NormalizedEvent) -> None:

@@ -13,7 +13,7 @@ import faust
 from clickhouse_connect.driver.client import Client
 
 from schemas import FunnelsConfig
-from sinks import ClickHouseTarget, connect, migrate, parse_clickhouse_url
+from sinks import ClickHouseTarget, connect, migrate, parse_clickhouse_url, write_funnel_config
 from streams.app import Pipeline
 from streams.settings import Settings, load_funnels
 from streams.topics import ensure_topics
@@ -33,8 +33,11 @@ def clickhouse_target(settings: Settings) -> ClickHouseTarget:
     )
 
 
-def open_clickhouse(target: ClickHouseTarget, wait_seconds: float = 60.0) -> Client:
-    """Connect (waiting for a server that is still starting) and apply the DDL."""
+def open_clickhouse(
+    target: ClickHouseTarget, funnels: FunnelsConfig | None = None, wait_seconds: float = 60.0
+) -> Client:
+    """Connect (waiting for a server that is still starting), apply the DDL and
+    record the funnel configuration."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -46,6 +49,8 @@ def open_clickhouse(target: ClickHouseTarget, wait_seconds: float = 60.0) -> Cli
             log.info("waiting for ClickHouse at %s: %s", target, exc)
             time.sleep(1.0)
     migrate(client, target.database)
+    if funnels is not None:
+        write_funnel_config(client, target.database, funnels)
     return client
 
 
@@ -63,7 +68,7 @@ def run_worker(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     created = loop.run_until_complete(ensure_topics(settings))
-    client = open_clickhouse(target)
+    client = open_clickhouse(target, funnels)
     reader = connect(target, readonly=True)
     pipeline = Pipeline(
         settings, funnels, clickhouse=client, database=target.database, reader=reader

@@ -24,25 +24,6 @@ SELECT day, funnel, channel, stage, stage_index, users,
            AS period_conversion
 FROM {database}.daily_stage_entries;
 
--- Cohort conversion: of the users who entered from_stage on cohort_day (by
--- attributed channel), how many have reached to_stage (any later stage of the
--- funnel) so far. Analysts trust this number; the period ratio above is what
--- Prometheus can compute cheaply.
-CREATE OR REPLACE VIEW {database}.cohort_conversion AS
-SELECT toDate(a.ts) AS cohort_day, a.funnel AS funnel, a.channel AS channel,
-       a.stage AS from_stage, s.stage AS to_stage,
-       count() AS entered,
-       countIf(b.user_id != '') AS converted,
-       converted / entered AS cohort_conversion
-FROM (SELECT funnel, stage, stage_index, user_id, ts, channel
-      FROM {database}.stage_entries FINAL) AS a
-INNER JOIN (SELECT DISTINCT funnel, stage, stage_index FROM {database}.stage_entries) AS s
-    ON s.funnel = a.funnel
-LEFT JOIN (SELECT funnel, stage, user_id FROM {database}.stage_entries FINAL) AS b
-    ON b.funnel = a.funnel AND b.stage = s.stage AND b.user_id = a.user_id
-WHERE s.stage_index > a.stage_index
-GROUP BY cohort_day, funnel, channel, from_stage, to_stage;
-
 -- Time to convert per transition: quantiles in seconds.
 CREATE OR REPLACE VIEW {database}.time_to_convert AS
 SELECT funnel, from_stage, to_stage, count() AS transitions,

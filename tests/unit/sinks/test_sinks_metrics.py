@@ -1,0 +1,121 @@
+"""sinks.metrics: bounded channel labels and the metric names others build on."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sinks import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics
+
+
+@pytest.mark.parametrize(
+    ("channel", "label"),
+    [("seo", "seo"), ("SEO", "seo"), ("Ads", "ads"), ("referral", "referral"), ("tiktok", "other"),
+     ("seo ", "other"), ("", "other"), (None, "other")],
+)
+def test_channel_bounder_default_allow_list(channel: str | None, label: str) -> None:
+    assert ChannelBounder()(channel) == label
+
+
+def test_channel_bounder_custom_allow_list() -> None:
+    bound = ChannelBounder([" TikTok ", "", "seo"])
+    assert bound.allowed == {"tiktok", "seo"}
+    assert [bound(c) for c in ("tiktok", "TIKTOK", "seo", "ads")] == ["tiktok", "tiktok", "seo", "other"]
+
+
+def test_flood_of_channels_stays_bounded(metrics: FunnelMetrics) -> None:
+    rng = random.Random(20260131)
+    flood = ["".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(1, 24)))
+             for _ in range(10_000)]
+    flood += [c.upper() for c in DEFAULT_CHANNELS]
+    for channel in flood:
+        metrics.stage_entries.labels("default", "visit", metrics.channel(channel)).inc()
+    labels = {
+        s.labels["channel"]: s.value
+        for family in metrics.registry.collect() if family.name == "funnel_stage_entries"
+        for s in family.samples if s.name.endswith("_total")
+    }
+    assert set(labels) == {*DEFAULT_CHANNELS, OTHER_CHANNEL}
+    assert labels[OTHER_CHANNEL] == len(flood) - len(DEFAULT_CHANNELS)
+    assert sum(labels.values()) == len(flood)
+
+
+def exercise(m: FunnelMetrics) -> None:
+    """Touch every metric once (twice for counters) with realistic labels."""
+    m.events.labels("default", "visit").inc(2)
+    m.invalid_events.labels("not_json").inc(2)
+    m.duplicate_events.labels("default").inc(2)
+    m.late_events.labels("default").inc(2)
+    m.stage_entries.labels("default", "signup", "ads").inc(2)
+    m.transitions.labels("default", "visit", "signup", "ads").inc(2)
+    m.transition_duration.labels("default", "visit", "signup").observe(90)
+    m.dropoffs.labels("default", "webinar", "ads").inc(2)
+    m.stalled_users.labels("default", "webinar").set(7)
+    m.revenue.labels("default", "ads", "EUR").inc(19.9)
+    m.sink_rows.labels("clickhouse", "events").inc(2)
+    m.sink_errors.labels("clickhouse").inc(2)
+    m.sink_pending_rows.labels("clickhouse").set(5)
+    m.sink_write_seconds.labels("clickhouse").observe(0.2)
+    m.event_lag.observe(1.5)
+
+
+FUNNEL_VISIT = {"funnel": "default", "event_type": "visit"}
+TRANSITION = {"funnel": "default", "from_stage": "visit", "to_stage": "signup"}
+EXPECTED = [
+    ("funnel_events_total", FUNNEL_VISIT, 2),
+    ("funnel_invalid_events_total", {"reason": "not_json"}, 2),
+    ("funnel_duplicate_events_total", {"funnel": "default"}, 2),
+    ("funnel_late_events_total", {"funnel": "default"}, 2),
+    ("funnel_stage_entries_total", {"funnel": "default", "stage": "signup", "channel": "ads"}, 2),
+    ("funnel_transitions_total", {**TRANSITION, "channel": "ads"}, 2),
+    ("funnel_transition_duration_seconds_count", TRANSITION, 1),
+    ("funnel_transition_duration_seconds_sum", TRANSITION, 90),
+    ("funnel_transition_duration_seconds_bucket", {**TRANSITION, "le": "60.0"}, 0),
+    ("funnel_transition_duration_seconds_bucket", {**TRANSITION, "le": "300.0"}, 1),
+    ("funnel_dropoffs_total", {"funnel": "default", "stage": "webinar", "channel": "ads"}, 2),
+    ("funnel_stalled_users", {"funnel": "default", "stage": "webinar"}, 7),
+    ("funnel_revenue_total", {"funnel": "default", "channel": "ads", "currency": "EUR"}, 19.9),
+    ("funnel_sink_rows_total", {"sink": "clickhouse", "table": "events"}, 2),
+    ("funnel_sink_errors_total", {"sink": "clickhouse"}, 2),
+    ("funnel_sink_pending_rows", {"sink": "clickhouse"}, 5),
+    ("funnel_sink_write_seconds_count", {"sink": "clickhouse"}, 1),
+    ("funnel_event_lag_seconds_count", {}, 1),
+    ("funnel_event_lag_seconds_bucket", {"le": "2.5"}, 1),
+]
+
+
+@pytest.mark.parametrize(("name", "labels", "value"), EXPECTED,
+                         ids=[f"{n}{sorted(lb)}" for n, lb, _ in EXPECTED])
+def test_design_metric_names_and_labels(
+    metrics: FunnelMetrics, name: str, labels: dict[str, str], value: float
+) -> None:
+    exercise(metrics)
+    assert metrics.registry.get_sample_value(name, labels) == pytest.approx(value)
+
+
+def test_registry_holds_exactly_the_design_metrics(metrics: FunnelMetrics) -> None:
+    # Families, so a metric nobody has touched yet (no samples) is listed too.
+    families = {(f.name, f.type) for f in metrics.registry.collect()}
+    counters = ("events", "invalid_events", "duplicate_events", "late_events", "stage_entries",
+                "transitions", "dropoffs", "revenue", "sink_rows", "sink_errors")
+    assert families == {
+        *((f"funnel_{c}", "counter") for c in counters),
+        ("funnel_stalled_users", "gauge"), ("funnel_sink_pending_rows", "gauge"),
+        ("funnel_transition_duration_seconds", "histogram"), ("funnel_sink_write_seconds", "histogram"),
+        ("funnel_event_lag_seconds", "histogram"),
+    }
+
+
+def test_bundles_on_separate_registries_do_not_share_values() -> None:
+    one, two = FunnelMetrics(CollectorRegistry()), FunnelMetrics(CollectorRegistry())
+    one.events.labels("default", "visit").inc()
+    assert one.registry.get_sample_value("funnel_events_total", FUNNEL_VISIT) == 1
+    assert two.registry.get_sample_value("funnel_events_total", FUNNEL_VISIT) is None
+
+
+def test_metrics_bound_channels_with_their_allow_list() -> None:
+    m = FunnelMetrics(CollectorRegistry(), channels=["newsletter"])
+    assert (m.channel("Newsletter"), m.channel("seo")) == ("newsletter", OTHER_CHANNEL)
