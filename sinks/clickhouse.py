@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ class ClickHouseTarget:
     host: str = ""
     port: int = 0
     username: str = "default"
-    password: str = ""
+    password: str = field(default="", repr=False)
 
     def __str__(self) -> str:
         if self.interface == "chdb":
@@ -114,11 +114,16 @@ def parse_clickhouse_url(url: str, default_database: str = "funnel") -> ClickHou
         if not parts.hostname:
             raise SinkConfigError(f"ClickHouse URL {url!r} has no host")
         database = database or parts.path.strip("/") or default_database
+        try:
+            port = parts.port or (8443 if parts.scheme == "https" else 8123)
+        except ValueError:
+            where = url.split("@")[-1]
+            raise SinkConfigError(f"ClickHouse URL {where!r}: the port is not a number") from None
         return ClickHouseTarget(
             parts.scheme,
             database,
             host=parts.hostname,
-            port=parts.port or (8443 if parts.scheme == "https" else 8123),
+            port=port,
             username=unquote(parts.username or "default"),
             password=unquote(parts.password or ""),
         )

@@ -19,9 +19,11 @@ Rules (the README's "Journey rules" says the same):
   a changed one is emitted again with a higher version, and one that no
   longer exists is emitted as a tombstone (``deleted``). ClickHouse keeps the
   highest version (ReplacingMergeTree(version, is_deleted)).
-* The channel is the first-touch channel: the channel of the first event
-  applied for the user in that funnel (``direct`` when it carried none), or
-  the latest one when the funnel is configured for last-touch attribution.
+* The channel is the first-touch channel: the channel of the user's earliest
+  event in event time (``direct`` when it carried none), or the latest one
+  with a channel when the funnel is configured for last-touch attribution.
+  When an earlier event arrives late and changes the attribution, the
+  user's entries and transitions are emitted again with the new channel.
 * Replays: every applied ``event_id`` is remembered (the last
   :data:`SEEN_LIMIT` per user and funnel). An event seen again is reported as
   a duplicate and not applied, but the user's current entries and transitions
@@ -78,6 +80,8 @@ class StageEntry:
     channel: str
     event_id: str
     dims: Breakdown = Breakdown()
+    #: False when re-emitted (replay or re-attribution): metrics count new ones only.
+    new: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,7 @@ def _new_funnel_state() -> dict[str, Any]:
     #   st: stage -> [ts_ms, event_id]          stages reached
     #   tr: to_stage -> [from_stage | None, version]   emitted transitions (None: retracted)
     #   ver: last transition version; ch: attributed channel
+    #   cht: event time of the touch the channel (and campaign) come from
     #   dims: [campaign (first touch), product, region, manager (latest)]
     #   buys: event ids of the user's purchases, in order (new vs returning)
     #   seen: recent event ids; last: latest entry time
@@ -145,8 +150,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     seen.append(event_id)
     if len(seen) > SEEN_LIMIT:
         del seen[: len(seen) - SEEN_LIMIT]
-    if fs["ch"] is None or (funnel.attribution == "last_touch" and event["channel"]):
-        fs["ch"] = event["channel"] or fs["ch"] or DEFAULT_CHANNEL
+    reattributed = _attribute(fs, event, funnel)
     _update_dims(fs, event)
     result = JourneyResult(channel=fs["ch"])
     stage = event["event_type"]
@@ -156,6 +160,8 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         del buys[: max(0, len(buys) - SEEN_LIMIT)]
         result.customer = _customer(fs, event_id)
     if funnel.index(stage) < 0 or stage in fs["st"]:
+        if reattributed:
+            _emit_all(result, fs, funnel, event["user_id"])
         return result
 
     ts = event["ts"]
@@ -175,7 +181,30 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         result.transitions.append(
             _transition(fs, funnel, user, to, want, fs["ver"], result.channel, first=have is None)
         )
+    if reattributed:  # everything else the user has, under the new channel
+        changed = {t.to_stage for t in result.transitions}
+        _emit_all(result, fs, funnel, user, skip_entry=stage, skip_transitions=changed)
     return result
+
+
+def _attribute(fs: dict[str, Any], event: NormalizedEvent, funnel: FunnelDefinition) -> bool:
+    """Update the attributed channel and campaign; True if an earlier one changed."""
+    ts, channel = event["ts"], event["channel"]
+    if fs["ch"] is None:
+        fs["ch"], fs["cht"] = channel or DEFAULT_CHANNEL, ts
+        fs["dims"][0] = event["campaign"] or ""
+        return False
+    if funnel.attribution == "last_touch":
+        # Each entry keeps the channel that was last when it happened: nothing re-emitted.
+        if channel and ts >= fs.get("cht", 0):
+            fs["ch"], fs["cht"] = channel, ts
+        return False
+    if ts >= fs.get("cht", ts):  # first touch: only an earlier event replaces it
+        return False
+    before = (fs["ch"], fs["dims"][0])  # first touch moved earlier
+    fs["ch"], fs["cht"] = channel or DEFAULT_CHANNEL, ts
+    fs["dims"][0] = event["campaign"] or ""
+    return (fs["ch"], fs["dims"][0]) != before
 
 
 def route(
@@ -199,9 +228,8 @@ def routes_for(funnels: Iterable[FunnelDefinition]) -> dict[str, list[FunnelDefi
 
 
 def _update_dims(fs: dict[str, Any], event: NormalizedEvent) -> None:
-    dims = fs.setdefault("dims", ["", "", "", ""])
-    if not dims[0] and not fs["seen"][:-1]:  # campaign: first touch only
-        dims[0] = event["campaign"] or ""
+    """Product, region and manager: the latest values the user's events named."""
+    dims = fs["dims"]
     for i, key in ((1, "product"), (2, "region"), (3, "manager")):
         if event[key]:  # type: ignore[literal-required]
             dims[i] = event[key]  # type: ignore[literal-required]
@@ -226,10 +254,12 @@ def _walk(reached: dict[str, list[Any]], funnel: FunnelDefinition) -> dict[str, 
     return transitions
 
 
-def _entry(fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str, channel: str) -> StageEntry:
+def _entry(
+    fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str, channel: str, new: bool = True
+) -> StageEntry:
     ts, event_id = fs["st"][stage]
     return StageEntry(funnel.name, stage, funnel.index(stage), user, ts, channel, event_id,
-                      Breakdown(*fs.get("dims", ("", "", "", ""))))
+                      Breakdown(*fs["dims"]), new)
 
 
 def _transition(
@@ -249,10 +279,16 @@ def _transition(
     )
 
 
-def _emit_all(result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str) -> None:
-    """Everything the user's state stands for, as it stands (for replays)."""
+def _emit_all(
+    result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str,
+    skip_entry: str = "", skip_transitions: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Everything the user's state stands for, as it stands (replays, re-attribution)."""
     for stage in sorted(fs["st"], key=funnel.index):
-        result.entries.append(_entry(fs, funnel, user, stage, result.channel))
+        if stage != skip_entry:
+            result.entries.append(_entry(fs, funnel, user, stage, result.channel, new=False))
     for to in sorted(fs["tr"], key=funnel.index):
+        if to in skip_transitions:
+            continue
         from_stage, version = fs["tr"][to]
         result.transitions.append(_transition(fs, funnel, user, to, from_stage, version, result.channel))

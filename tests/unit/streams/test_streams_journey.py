@@ -411,3 +411,21 @@ def test_worked_example_four_stages(make_event, stages, reached, steps) -> None:
     assert list(transitions.values()) == reached[1:]
     assert conversions(four, entries) == pytest.approx(steps, rel=1e-12)
     assert entries["purchase"] / entries["visit"] == 0.01
+
+
+def test_first_touch_is_the_earliest_event_even_when_it_arrives_late(make_event) -> None:
+    """A signup (ads) processed before its earlier visit (seo): the visit's channel wins,
+    and what was already emitted comes again under it, marked as not new."""
+    state: UserState = {}
+    signup = make_event("signup", at=60, channel="ads", campaign="bf")
+    visit = make_event("visit", at=0, channel="seo")
+    first, late = apply_all(state, [signup, visit])
+    assert (first.channel, [e.channel for e in first.entries]) == ("ads", ["ads"])
+    assert late.channel == "seo"
+    assert [(e.stage, e.channel, e.new, e.dims.campaign) for e in late.entries] == [
+        ("visit", "seo", True, ""), ("signup", "seo", False, "")]
+    assert [(t.from_stage, t.to_stage, t.channel, t.first) for t in late.transitions] == [
+        ("visit", "signup", "seo", True)]
+    # A later event with another channel changes nothing under first touch.
+    (after,) = apply_all(state, [make_event("webinar", at=120, channel="email")])
+    assert after.channel == "seo" and [e.channel for e in after.entries] == ["seo"]
