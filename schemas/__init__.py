@@ -16,6 +16,7 @@ from schemas.events import (
 from schemas.exceptions import FunnelConfigError, InvalidEvent
 from schemas.export import write_json_schemas
 from schemas.funnels import DEFAULT_FUNNEL, FunnelDefinition, FunnelsConfig, default_config
+from schemas.spend import SpendReport
 
 __all__ = [
     "DEFAULT_FUNNEL",
@@ -35,6 +36,7 @@ __all__ = [
     "NormalizedEvent",
     "PurchaseEvent",
     "SignupEvent",
+    "SpendReport",
     "VisitEvent",
     "WebinarEvent",
     "default_config",

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from schemas.events import EVENT_MODELS, FunnelEvent, PurchaseEvent, SignupEvent
 from schemas.exceptions import InvalidEvent
+from schemas.spend import SpendReport
 
 __all__ = ["NORMALIZED_KEYS", "REASONS", "Decoder", "NormalizedEvent", "hash_email"]
 
@@ -51,6 +52,9 @@ _FIELD_REASONS = {
     "ts": "invalid_timestamp",
     "funnel": "invalid_funnel",
     "amount": "invalid_amount",
+    "channel": "invalid_field",
+    "period_start": "invalid_timestamp",
+    "period_end": "invalid_timestamp",
     "currency": "unknown_currency",
     "properties": "invalid_properties",
     "email": "invalid_email",
@@ -84,6 +88,12 @@ NORMALIZED_KEYS: tuple[str, ...] = tuple(NormalizedEvent.__annotations__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
+
+
+def _ms(value: datetime) -> int:
+    # Integer arithmetic: timestamp() * 1000 is a float and loses a
+    # millisecond for some times (e.g. 2004-06-30T12:59:19.396Z).
+    return (value - _EPOCH) // _MILLISECOND
 
 
 def hash_email(email: str, key: bytes) -> str:
@@ -127,6 +137,21 @@ class Decoder:
         self, raw: bytes | None, event_type: str, now_ms: int, source: str = ""
     ) -> NormalizedEvent:
         """Validate ``raw`` as an event of ``event_type``; raise InvalidEvent if it is not one."""
+        data = self._load(raw)
+        declared = data.get("event_type", event_type)
+        if declared != event_type:
+            raise InvalidEvent(
+                "wrong_event_type", f"event_type {declared!r} on the {event_type!r} topic"
+            )
+        model = EVENT_MODELS[event_type]
+        try:
+            event = model.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidEvent(*_reason_for(exc)) from None
+        return self._normalize(event, now_ms, source)
+
+    def _load(self, raw: bytes | None) -> dict[str, Any]:
+        """Bytes -> JSON object, or InvalidEvent (empty, too_large, not_utf8, not_json, not_object)."""
         if not raw:
             raise InvalidEvent("empty", "message has no value")
         if len(raw) > self.max_bytes:
@@ -141,24 +166,26 @@ class Decoder:
             raise InvalidEvent("not_json", str(exc)[:200]) from None
         if not isinstance(data, dict):
             raise InvalidEvent("not_object", f"JSON {type(data).__name__}, expected an object")
-        declared = data.get("event_type", event_type)
-        if declared != event_type:
-            raise InvalidEvent(
-                "wrong_event_type", f"event_type {declared!r} on the {event_type!r} topic"
-            )
-        model = EVENT_MODELS[event_type]
+        return data
+
+    def decode_spend(self, raw: bytes | None, source: str = "") -> dict[str, Any]:
+        """Validate a spend report; return the row values, or raise InvalidEvent."""
+        data = self._load(raw)
         try:
-            event = model.model_validate(data)
+            report = SpendReport.model_validate(data)
         except ValidationError as exc:
             raise InvalidEvent(*_reason_for(exc)) from None
-        return self._normalize(event, now_ms, source)
+        return {
+            "event_id": str(report.event_id), "channel": report.channel.lower(),
+            "campaign": report.campaign or "", "amount": str(report.amount),
+            "currency": report.currency, "period_start": _ms(report.period_start),
+            "period_end": _ms(report.period_end), "source": source,
+        }
 
     def _normalize(self, event: FunnelEvent, now_ms: int, source: str) -> NormalizedEvent:
         if event.funnel is not None and event.funnel not in self.funnels:
             raise InvalidEvent("unknown_funnel", f"funnel {event.funnel!r} is not configured")
-        # Integer arithmetic: timestamp() * 1000 is a float and loses a
-        # millisecond for some times (e.g. 2004-06-30T12:59:19.396Z).
-        ts = (event.ts - _EPOCH) // _MILLISECOND
+        ts = _ms(event.ts)
         if ts - now_ms > self.max_future_ms:
             raise InvalidEvent(
                 "future_timestamp",

@@ -65,6 +65,14 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "funnel", "stage", "stage_index", "stages", "conversion_window_seconds", "attribution",
         "updated_at",
     ),
+    "spend": (
+        "event_id", "channel", "campaign", "amount", "currency", "period_start", "period_end",
+        "source", "received_at",
+    ),
+    "dropoffs": (
+        "funnel", "stage", "stage_index", "user_id", "entered_at", "dropped_at", "channel",
+        "version", "is_deleted",
+    ),
     "stage_counts": (
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
         "user_id", "version", "is_deleted",

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas import REASONS, FunnelDefinition
+
 __all__ = [
     "DEFAULT_CHANNELS",
     "EVENT_LAG_BUCKETS",
@@ -127,15 +129,27 @@ class FunnelMetrics:
         )
         self.stalled_users = Gauge(
             "funnel_stalled_users",
-            "Users whose furthest stage is this one and who made no progress "
-            "for longer than the stall threshold.",
-            ["funnel", "stage"],
+            "Users whose furthest stage is this one and who made no progress for longer "
+            "than the stall threshold, by temperature (hot, warm, cold).",
+            ["funnel", "stage", "temperature"],
             registry=r,
         )
         self.revenue = Counter(
             "funnel_revenue",
             "Purchase amounts, in the purchase currency.",
             ["funnel", "channel", "currency"],
+            registry=r,
+        )
+        self.customers = Counter(
+            "funnel_customers",
+            "New customers: users whose first purchase this was.",
+            ["funnel", "channel"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "funnel_spend",
+            "Marketing spend reported on the spend topic (cost per acquisition = spend / customers).",
+            ["channel", "currency"],
             registry=r,
         )
         self.sink_rows = Counter(
@@ -163,3 +177,30 @@ class FunnelMetrics:
             buckets=EVENT_LAG_BUCKETS,
             registry=r,
         )
+
+    def declare(self, funnels: Iterable[FunnelDefinition]) -> None:
+        """Export every bounded label set at zero before the first event.
+
+        A counter series that first appears at 1 hides that first increase from
+        ``rate()``/``increase()``, and series starting at different times skew
+        ratios of them. The label sets are bounded (funnels x stages x allowed
+        channels), so declaring them all is cheap.
+        """
+        channels = sorted(self.channel.allowed | {OTHER_CHANNEL})
+        for reason in REASONS:
+            self.invalid_events.labels(reason)
+        for f in funnels:
+            self.duplicate_events.labels(f.name)
+            self.late_events.labels(f.name)
+            for channel in channels:
+                self.customers.labels(f.name, channel)
+            for i, stage in enumerate(f.stages):
+                self.events.labels(f.name, stage)
+                for channel in channels:
+                    self.stage_entries.labels(f.name, stage, channel)
+                    if i < len(f.stages) - 1:
+                        self.dropoffs.labels(f.name, stage, channel)
+                for to in f.stages[i + 1:]:
+                    self.transition_duration.labels(f.name, stage, to)
+                    for channel in channels:
+                        self.transitions.labels(f.name, stage, to, channel)

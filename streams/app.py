@@ -28,15 +28,27 @@ from uuid import UUID
 
 import faust
 import orjson
+from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 from faust import Stream
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schemas import EVENT_TYPES, Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
+from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
-from streams.journey import JourneyResult, UserState, apply_event
-from streams.rows import change_message, entry_row, event_row, transition_row
+from streams import web
+from streams.journey import (
+    JourneyResult,
+    UserState,
+    apply_event,
+    expire_window,
+    furthest,
+    route,
+    routes_for,
+    window_ms,
+)
+from streams.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
+from streams.rows import change_message, dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
 from streams.topics import TopicNames
@@ -95,10 +107,9 @@ class Pipeline:
             raise ValueError("FUNNEL_KAFKA_URL is required to run the worker")
         self.settings = settings
         self.funnels = funnels.by_name
-        self.routes: dict[str, list[FunnelDefinition]] = {
-            t: [f for f in funnels.funnels if f.index(t) >= 0] for t in EVENT_TYPES
-        }
+        self.routes = routes_for(funnels.funnels)
         self.metrics = FunnelMetrics(registry, settings.channel_list)
+        self.metrics.declare(funnels.funnels)
         self.names = TopicNames(settings)
         self.event_type_of = self.names.event_type_of()
         key = settings.email_hash_key.get_secret_value().encode() if settings.email_hash_key else None
@@ -109,13 +120,21 @@ class Pipeline:
             email_hash_key=key,
         )
         self.watermarks = Watermarks(settings.allowed_lateness_seconds)
+        self.deadlines = WindowDeadlines()
+        self.stalls = StallTracker(
+            round(settings.stall_after_seconds * 1000), round(settings.stall_warm_seconds * 1000),
+            round(settings.stall_cold_seconds * 1000),
+        )
         # One thread drives ClickHouse for all agents and the /sql page.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.journey_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.window_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
+        self.spend_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.reader = reader
         self.database = database
         self.processed = 0
+        self._partitioner = DefaultPartitioner()  # the producer's: finds a key's partition
+        self.last_event_ms: int | None = None  # newest event time processed
         self.app = self._build_app()
 
     # -- wiring ---------------------------------------------------------------
@@ -153,13 +172,17 @@ class Pipeline:
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
         app.agent(self.stage_changes, name="window")(self._window_agent)
+        self.spend_topic = app.topic(self.names.spend, schema=raw)
+        app.agent(self.spend_topic, name="spend")(self._spend_agent)
         app.timer(s.status_interval_seconds)(self._status)
+        app.on_rebalance_complete.connect(self._reschedule)
         for path, handler in (
             ("/metrics", self._metrics_page),
             ("/health", self._health_page),
             ("/sql", self._sql_page),
         ):
             app.page(path)(_view(handler))
+        web.install(self, app)
         return app
 
     async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
@@ -180,6 +203,9 @@ class Pipeline:
     async def _journey_agent(self, stream: StreamT) -> None:
         await self._run_batches("journey", cast(Stream, stream), self._journey_batch)
 
+    async def _spend_agent(self, stream: StreamT) -> None:
+        await self._run_batches("spend", cast(Stream, stream), self._spend_batch)
+
     async def _window_agent(self, stream: StreamT) -> None:
         await self._run_batches("window", cast(Stream, stream), self._window_batch)
 
@@ -195,16 +221,7 @@ class Pipeline:
             try:
                 norm = self.decoder.decode(msg.value, event_type, now_ms, source)
             except InvalidEvent as exc:
-                m.invalid_events.labels(exc.reason).inc()
-                pending.append(await self.dead_letter.send(
-                    key=msg.key,
-                    value=msg.value or b"",
-                    headers=[
-                        ("reason", exc.reason.encode()),
-                        ("detail", exc.detail[:1000].encode()),
-                        ("source", source.encode()),
-                    ],
-                ))
+                pending.append(await self._dead_letter(msg, exc, source))
                 continue
             for name in [f.name for f in self.targets(norm)] or ["none"]:
                 m.events.labels(name, event_type).inc()
@@ -214,12 +231,45 @@ class Pipeline:
         # Delivered before acknowledged: nothing is lost between topics.
         await asyncio.gather(*pending)
 
+    async def _dead_letter(self, msg: Any, exc: InvalidEvent, source: str) -> Awaitable[Any]:
+        """Send the original bytes to the dead-letter topic with the reason; count it."""
+        self.metrics.invalid_events.labels(exc.reason).inc()
+        return await self.dead_letter.send(
+            key=msg.key,
+            value=msg.value or b"",
+            headers=[
+                ("reason", exc.reason.encode()),
+                ("detail", exc.detail[:1000].encode()),
+                ("source", source.encode()),
+            ],
+        )
+
+    async def _spend_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        now_ms = int(time.time() * 1000)
+        pending: list[Awaitable[Any]] = []
+        for event in events:
+            msg = event.message
+            source = f"{msg.topic}:{msg.partition}:{msg.offset}"
+            try:
+                row = self.decoder.decode_spend(msg.value, source)
+            except InvalidEvent as exc:
+                pending.append(await self._dead_letter(msg, exc, source))
+                continue
+            self.spend_sink.add("spend", (*row.values(), now_ms))
+            self.metrics.spend.labels(self.metrics.channel(row["channel"]), row["currency"]).inc(
+                float(row["amount"])
+            )
+        await self.spend_sink.flush(batch_token("spend", events))
+        await asyncio.gather(*pending)
+
     async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         m = self.metrics
         sink = self.journey_sink
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
         changes: list[tuple[bytes, bytes]] = []
+        touched: set[tuple[bytes, str]] = set()
+        anchors: dict[Any, EventT] = {}  # partition -> an event of it (routes table access)
         # One user's events come from five topics, so ingest can pass them on
         # out of event-time order; applying each batch in event-time order
         # repairs that whenever they meet in one batch (stable sort: ties keep
@@ -243,8 +293,11 @@ class Pipeline:
             state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
             dirty[key] = (state, event)
             late = self.watermarks.observe(msg.tp, e["ts"])
+            anchors[msg.tp] = event
             for funnel in targets:
+                touched.add((key, funnel.name))
                 result = apply_event(state, e, funnel)
+                sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
                 sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
                 for entry in result.entries:
                     sink.add("stage_entries", entry_row(entry))
@@ -259,6 +312,10 @@ class Pipeline:
                 if late:
                     m.late_events.labels(funnel.name).inc()
                 self._count(funnel.name, e, result)
+        # Follow the users who changed first, so a window that already ended
+        # (old data, a backlog) expires in this same batch.
+        self._track(touched, dirty, anchors, int(now * 1000))
+        self._expire_windows(stream, anchors, dirty, int(now * 1000))
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
         for key, (state, event) in dirty.items():
@@ -268,25 +325,82 @@ class Pipeline:
         pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
         await asyncio.gather(*pending)
         self.processed += len(events)
+        if decoded:  # sorted by event time
+            self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
+
+    def _expire_windows(self, stream: Stream, anchors: dict[Any, EventT],
+                        dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
+        """Drop-offs for the conversion windows each partition's watermark has passed."""
+        m = self.metrics
+        for tp, anchor in anchors.items():
+            mark = self.watermarks.mark(tp)
+            for due in self.deadlines.due(tp, mark if mark is not None else -1):
+                funnel = self.funnels.get(due.funnel)
+                cached = dirty.get(due.key)
+                if cached is None:
+                    stream._set_current_event(anchor)
+                    state = self.journeys.get(due.key)
+                    if not state or funnel is None:
+                        continue
+                    cached = dirty[due.key] = (state, anchor)
+                if funnel is None:
+                    continue
+                drop = expire_window(cached[0], funnel, due.key.decode(), due.stage, due.entered)
+                if drop is not None:
+                    self.journey_sink.add("dropoffs", dropoff_row(drop))
+                    if drop.first:
+                        m.dropoffs.labels(funnel.name, drop.stage, m.channel(drop.channel)).inc()
+
+    def _track(self, touched: set[tuple[bytes, str]], dirty: dict[bytes, tuple[UserState, EventT]],
+               anchors: dict[Any, EventT], now_ms: int) -> None:
+        """Schedule the conversion window and update the stall counts of users who changed."""
+        for key, name in touched:
+            state, event = dirty[key]
+            self._follow(event.message.tp, key, state, self.funnels[name], now_ms)
+
+    def _follow(self, tp: Any, key: bytes, state: UserState, funnel: FunnelDefinition, now_ms: int) -> None:
+        place = furthest(state, funnel)
+        if place is None:
+            return
+        stage, entered = place
+        finished = stage == funnel.stages[-1]
+        if not finished:
+            self.deadlines.schedule(tp, key, funnel.name, stage, entered, window_ms(funnel))
+        self.stalls.update(key, funnel.name, None if finished else stage,
+                           state[funnel.name]["last"], now_ms)
+
+    async def _reschedule(self, *args: Any, **kwargs: Any) -> None:
+        """After a rebalance: follow every local user again (the only full scan, once)."""
+        self.deadlines.clear()
+        self.stalls.clear()
+        partitions = list(range(self.settings.topic_partitions))
+        now_ms = int(time.time() * 1000)
+        users = 0
+        for key, state in self.journeys.items():
+            tp = TP(self.names.normalized, self._partitioner(key, partitions, partitions))
+            for name in state:
+                if name in self.funnels:
+                    self._follow(tp, key, state, self.funnels[name], now_ms)
+            users += 1
+        log.info("journey: following %d users for conversion windows and stalls", users)
 
     def targets(self, e: NormalizedEvent) -> list[FunnelDefinition]:
-        """The funnels an event feeds: the one it names, else every funnel with its stage."""
-        if e["funnel"]:
-            named = self.funnels.get(e["funnel"])
-            return [named] if named else []  # unknown ones were dead-lettered at ingest
-        return self.routes.get(e["event_type"], [])
+        return route(e, self.funnels, self.routes)
 
     def _count(self, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
         m = self.metrics
         channel = m.channel(result.channel)
         for entry in result.entries:
-            m.stage_entries.labels(funnel, entry.stage, channel).inc()
+            if entry.new:
+                m.stage_entries.labels(funnel, entry.stage, channel).inc()
         for tr in result.transitions:
             if tr.first:  # a correction is not a new conversion
                 m.transitions.labels(funnel, tr.from_stage, tr.to_stage, channel).inc()
                 m.transition_duration.labels(funnel, tr.from_stage, tr.to_stage).observe(tr.seconds)
         if e["amount"] is not None:
             m.revenue.labels(funnel, channel, e["currency"]).inc(float(e["amount"]))
+        if result.customer == "new":
+            m.customers.labels(funnel, channel).inc()
 
     async def _window_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         agg = WindowAggregator(self.settings.window_seconds)
@@ -297,11 +411,24 @@ class Pipeline:
         await self.window_sink.flush(batch_token("window", events))
 
     # -- periodic and web -----------------------------------------------------------
+    def _update_stalls(self) -> None:
+        self.stalls.advance(int(time.time() * 1000))
+        counts = self.stalls.counts()
+        for funnel in self.funnels.values():
+            for stage in funnel.stages[:-1]:
+                for temperature in TEMPERATURES:
+                    self.metrics.stalled_users.labels(funnel.name, stage, temperature).set(
+                        counts.get((funnel.name, stage, temperature), 0)
+                    )
+
     async def _status(self) -> None:
+        self._update_stalls()
         processed, self.processed = self.processed, 0
         rate = processed / self.settings.status_interval_seconds
-        pending = self.journey_sink.pending + self.window_sink.pending
-        log.info("status: %.0f events/s through journeys, %d rows pending in sinks", rate, pending)
+        pending = self.journey_sink.pending + self.window_sink.pending + self.spend_sink.pending
+        lag = web.consumer_lag(self)
+        log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
+                 rate, "unknown" if lag is None else lag, pending)
 
     async def _metrics_page(self, web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type.
@@ -336,6 +463,6 @@ class Pipeline:
         return web.json({"columns": list(result.column_names), "rows": rows})
 
     def close(self) -> None:
-        self.journey_sink.stop()
-        self.window_sink.stop()
+        for sink in (self.journey_sink, self.window_sink, self.spend_sink):
+            sink.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -7,17 +7,21 @@ import asyncio
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
 from pydantic import ValidationError
 
-from schemas import FunnelConfigError, write_json_schemas
+from schemas import EVENT_TYPES, FunnelConfigError, write_json_schemas
 from sinks import SinkConfigError, connect, parse_clickhouse_url
-from streams.report import format_table
+from streams.report import ALL_CHANNELS, DEFAULT_RANGE, RANGES, BadSelection, format_table
+from streams.reportfile import FORMATS as REPORT_FORMATS
 from streams.settings import Settings, load_funnels
 from streams.sqlguard import UnsafeQuery, check_read_only
 
@@ -72,6 +76,44 @@ def _parser() -> argparse.ArgumentParser:
                        "embedded engine, a running `funnel demo` or worker answers the query.")
     q.add_argument("query", help='e.g. "SELECT * FROM funnel.time_to_convert"')
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    r = sub.add_parser("report", help="the funnel as a table, or as a PNG/HTML/JSON/CSV file",
+                       description="The funnel of one funnel, period and channel: users per stage with "
+                       "proportional bars, conversion per step and overall (period ratio and cohort), "
+                       "and time to convert. Reads FUNNEL_CLICKHOUSE_URL read-only; with the embedded "
+                       "engine a running `funnel demo` or worker answers.")
+    r.add_argument("--funnel", default=None, help="funnel name (default: the first configured)")
+    r.add_argument("--range", choices=list(RANGES), default=DEFAULT_RANGE,
+                   help=f"period ending now (default {DEFAULT_RANGE}; all = everything)")
+    r.add_argument("--channel", default=ALL_CHANNELS,
+                   help="attributed channel from FUNNEL_CHANNELS, 'other' (the rest) or 'all' (default)")
+    r.add_argument("--format", choices=["text", *REPORT_FORMATS], default="text",
+                   help="text prints to the terminal (default); the others write a file")
+    r.add_argument("--out", type=Path, default=None,
+                   help="file to write (default funnel-<funnel>-<range>.<format>; '-' for standard "
+                   "output, except png)")
+
+    e = sub.add_parser("emit", help="send one event to its topic, validated like the pipeline does",
+                       description="Send one event to its topic (needs FUNNEL_KAFKA_URL), e.g. "
+                       "`funnel emit purchase --user u1 --amount 49.90 --currency EUR`, "
+                       "`funnel emit '{\"event_type\": \"visit\", \"user_id\": \"u1\"}'` or JSON "
+                       "on standard input. event_id (a new UUID) and ts (now) are filled in when absent. "
+                       "An invalid event is not sent: the error says why (exit status 2).")
+    e.add_argument("event", nargs="*", metavar="TYPE|JSON",
+                   help=f"the event type ({', '.join(EVENT_TYPES)}) and/or the event as a JSON "
+                   "object; '-' reads the JSON from standard input")
+    e.add_argument("--user", dest="user_id", help="user id")
+    for flag, what in (("funnel", "funnel name (default: every funnel with this stage)"),
+                       ("channel", "traffic channel, e.g. ads"), ("campaign", "campaign"),
+                       ("product", "product"), ("region", "region"), ("manager", "sales manager"),
+                       ("amount", "purchase amount, e.g. 49.90"), ("currency", "ISO 4217 code, e.g. EUR"),
+                       ("order-id", "purchase order id"), ("email", "signup e-mail (hashed or dropped)"),
+                       ("ts", "event time: ISO 8601 with zone or epoch ms (default: now)"),
+                       ("event-id", "UUID (default: a new one); reuse it when retrying a send")):
+        e.add_argument(f"--{flag}", help=what)
+    e.add_argument("--property", action="append", default=[], metavar="KEY=VALUE",
+                   help="a property (repeatable); numbers and true/false are typed")
+    e.add_argument("--dry-run", action="store_true", help="validate and print the event, do not send")
 
     d = sub.add_parser("demo", help="run everything locally: broker, chDB, generator, worker",
                        description="Start the embedded broker (unless FUNNEL_KAFKA_URL is set) and "
@@ -131,25 +173,49 @@ def _cmd_migrate(settings: Settings) -> int:
     from streams.worker import clickhouse_target, open_clickhouse
 
     target = clickhouse_target(settings)
-    open_clickhouse(target)
-    print(f"migrate: ClickHouse schema applied to {target}")
+    open_clickhouse(target, load_funnels(settings.funnels_file))
+    print(f"migrate: ClickHouse schema and funnel configuration applied to {target}")
     return 0
 
 
-def _sql_via_owner(settings: Settings, query: str) -> dict[str, Any] | None:
+def _ask_owner(settings: Settings, path: str) -> dict[str, Any] | None:
     """Ask the process that owns the embedded engine (demo/worker), if one runs."""
     state = settings.data_dir / "worker.json"
     if not state.exists():
         return None
-    web = json.loads(state.read_text())["web"]
-    url = f"{web}/sql?" + urllib.parse.urlencode({"q": query})
+    url = json.loads(state.read_text())["web"] + path
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:
             return dict(json.loads(resp.read()))
     except urllib.error.HTTPError as exc:
-        return dict(json.loads(exc.read()))
+        with exc:
+            body = exc.read()
+        try:
+            return dict(json.loads(body))
+        except ValueError:  # not our API (an older worker): say what answered
+            return {"error": f"{url.split('?')[0]} answered HTTP {exc.code}"}
     except urllib.error.URLError:
         return None  # stale state file: nobody answers
+
+
+def _read(
+    settings: Settings, owner_path: str, direct: Callable[[Client, str], dict[str, Any]]
+) -> dict[str, Any]:
+    """Read ClickHouse: through the running owner of the embedded engine at ``owner_path``,
+    else with a read-only client, ``direct(client, database)``. Failures come back as
+    ``{"error": ...}``, as the owner answers them."""
+    url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
+    if url is None or url.startswith("chdb:"):
+        answer = _ask_owner(settings, owner_path)
+        if answer is not None:
+            return answer
+        if url is None:
+            url = f"chdb://{(settings.data_dir / 'chdb').resolve()}"
+    target = parse_clickhouse_url(url, settings.clickhouse_database)
+    try:
+        return direct(connect(target, readonly=True), target.database)
+    except Exception as exc:
+        return {"error": str(exc)}
 
 
 def _cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
@@ -158,20 +224,12 @@ def _cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     except UnsafeQuery as exc:
         print(f"sql: {exc}", file=sys.stderr)
         return 2
-    url = settings.clickhouse_url.get_secret_value() if settings.clickhouse_url else None
-    answer = None
-    if url is None or url.startswith("chdb:"):
-        answer = _sql_via_owner(settings, args.query)
-    if answer is None:
-        if url is None:
-            url = f"chdb://{(settings.data_dir / 'chdb').resolve()}"
-        target = parse_clickhouse_url(url, settings.clickhouse_database)
-        try:
-            result = connect(target, readonly=True).query(args.query)
-        except Exception as exc:
-            print(f"sql: {exc}", file=sys.stderr)
-            return 1
-        answer = {"columns": list(result.column_names), "rows": result.result_rows}
+
+    def direct(client: Client, database: str) -> dict[str, Any]:
+        result = client.query(args.query)
+        return {"columns": list(result.column_names), "rows": result.result_rows}
+
+    answer = _read(settings, "/sql?" + urllib.parse.urlencode({"q": args.query}), direct)
     if "error" in answer:
         print(f"sql: {answer['error']}", file=sys.stderr)
         return 1
@@ -179,6 +237,97 @@ def _cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(answer, default=str))
     else:
         print(format_table(answer["columns"], answer["rows"]))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from streams.report import format_report, funnel_report, select
+    from streams.reportfile import write_report
+
+    funnels = load_funnels(settings.funnels_file).by_name
+    try:
+        sel = select(funnels, settings.channel_list, funnel=args.funnel, period=args.range,
+                     channel=args.channel, now_ms=int(time.time() * 1000))
+    except BadSelection as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "png" and str(args.out) == "-":
+        print("report: a PNG goes to a file: pass --out FILE.png", file=sys.stderr)
+        return 2
+
+    def direct(client: Client, database: str) -> dict[str, Any]:
+        return funnel_report(lambda sql, p: client.query(sql, parameters=dict(p)).result_rows,
+                             replace(sel, database=database))
+
+    query = urllib.parse.urlencode({"funnel": sel.funnel.name, "range": sel.range, "channel": sel.channel})
+    report = _read(settings, f"/api/funnel?{query}", direct)
+    if "error" in report:
+        print(f"report: {report['error']}", file=sys.stderr)
+        return 1
+    if args.format == "text":
+        print(format_report(report))
+        return 0
+    out = args.out or Path(f"funnel-{sel.funnel.name}-{sel.range}.{args.format}")
+    write_report(report, args.format, out)
+    if str(out) != "-":
+        print(f"report: wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _emit_inputs(items: list[str], has_user: bool) -> tuple[str | None, str | None, str]:
+    """Positional arguments -> (event type, JSON text, where the JSON came from)."""
+    from streams.emit import EmitError
+
+    event_type = text = None
+    where = "the JSON argument"
+    for item in items:
+        if item == "-" or item.lstrip().startswith("{"):
+            if text is not None:
+                raise EmitError("give one JSON object, not several")
+            text = item
+        elif event_type is None and text is None:
+            event_type = item
+        else:
+            raise EmitError(f"unexpected argument {item!r}: give an event type and/or one JSON object")
+    if text == "-" or (text is None and not has_user and not sys.stdin.isatty()):
+        where = "standard input"
+        text = sys.stdin.read()
+        if not text.strip() and not items:
+            text = None  # nothing piped in: flags only
+    return event_type, text, where
+
+
+def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas import Decoder
+    from streams.emit import EmitError, SendError, build_event, parse_json, send, validate
+
+    now_ms = int(time.time() * 1000)
+    fields = {k: getattr(args, k) for k in (
+        "user_id", "funnel", "channel", "campaign", "product", "region", "manager", "amount",
+        "currency", "order_id", "email", "ts", "event_id")}
+    decoder = Decoder(load_funnels(settings.funnels_file).by_name,
+                      max_bytes=settings.max_message_bytes, max_future_seconds=settings.max_future_seconds)
+    try:
+        event_type, text, where = _emit_inputs(args.event, args.user_id is not None)
+        body = parse_json(text, where) if text is not None else None
+        event_type, payload = build_event(event_type, body, fields, args.property, now_ms)
+        raw = validate(decoder, event_type, payload, now_ms)
+        if args.dry_run:
+            print(raw.decode())
+            print(f"emit: valid {event_type} event, not sent (--dry-run)", file=sys.stderr)
+            return 0
+        topic = settings.topic(event_type)
+        partition, offset = asyncio.run(send(settings, topic, str(payload["user_id"]).encode(), raw))
+    except SendError as exc:
+        print(f"emit: {exc}", file=sys.stderr)
+        return 1
+    except EmitError as exc:
+        print(f"emit: {exc}", file=sys.stderr)
+        return 2
+    print(f"emit: sent {event_type} {payload['event_id']} for user {payload['user_id']} "
+          f"to {topic} (partition {partition}, offset {offset})")
     return 0
 
 
@@ -201,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_migrate(settings)
         if args.command == "sql":
             return _cmd_sql(args, settings)
+        if args.command == "report":
+            return _cmd_report(args, settings)
+        if args.command == "emit":
+            return _cmd_emit(args, settings)
         load_funnels(settings.funnels_file)  # fail fast, before any process starts
         if args.command == "worker":
             from streams.worker import run_worker

@@ -85,6 +85,7 @@ def run_demo(settings: Settings, rate: float, refresh: float) -> int:
             f"funnel demo\n"
             f"  broker     {settings.kafka_url}{' (embedded Tansu, memory)' if broker else ''}\n"
             f"  clickhouse {settings.clickhouse_url.get_secret_value().split('@')[-1]}\n"
+            f"  page       {web}/\n"
             f"  metrics    {web}/metrics\n"
             f"  sql        funnel sql \"SELECT * FROM funnel.time_to_convert\"   (or {web}/sql?q=...)\n"
             f"  generator  {rate:.0f} events/s (log: {data_dir / 'generator.log'})\n"

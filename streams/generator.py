@@ -5,6 +5,13 @@ probabilities, moves on stage by stage after a random delay. Some skip a
 stage, some buy again, some events are sent twice (same event_id), and
 optionally some messages are malformed. :class:`GroundTruth` records what a
 correct pipeline must report for the valid, deduplicated events.
+
+Reproducible: with ``seed`` set, the users, their events (ids included), which
+events are sent twice and which malformed messages follow them depend on the
+seed and the spec only; event times are wall-clock times of sending. Every
+random choice is made when a user is planned, never while sending (how many
+events one tick sends depends on timing). The ground truth counts what was
+sent, so it stays exact when ``duration`` stops the run mid-journey.
 """
 
 from __future__ import annotations
@@ -67,24 +74,60 @@ class TrafficSpec:
 
 @dataclass
 class GroundTruth:
-    """Exact expected results for the valid events generated."""
+    """Exact expected results for the valid events sent.
+
+    ``entries`` per stage, ``entries_by_channel`` per stage and (first-touch)
+    channel, ``transitions`` per ``"from->to"``, ``revenue`` per currency,
+    ``events`` distinct valid events, ``duplicates`` extra copies sent (same
+    event_id), ``invalid`` malformed messages sent.
+    """
 
     entries: Counter[str] = field(default_factory=Counter)
+    entries_by_channel: dict[str, Counter[str]] = field(default_factory=dict)
     transitions: Counter[str] = field(default_factory=Counter)
     revenue: dict[str, Decimal] = field(default_factory=dict)
     events: int = 0
     duplicates: int = 0
     invalid: int = 0
 
+    def record(self, event: _Planned) -> None:
+        """Count one event as sent (with its copy and malformed companion, if any)."""
+        event_type, payload = event.event_type, event.payload
+        self.events += 1
+        self.duplicates += event.duplicate
+        self.invalid += event.malformed is not None
+        # First entry of each stage, transitions between them (plans only move forward).
+        if event.previous != event_type:
+            self.entries[event_type] += 1
+            by_channel = self.entries_by_channel.setdefault(event_type, Counter())
+            by_channel[payload["channel"]] += 1
+            if event.previous is not None:
+                self.transitions[f"{event.previous}->{event_type}"] += 1
+        if event_type == "purchase":
+            currency = payload["currency"]
+            self.revenue[currency] = self.revenue.get(currency, Decimal(0)) + Decimal(payload["amount"])
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "entries": dict(self.entries),
+            "entries_by_channel": {k: dict(v) for k, v in self.entries_by_channel.items()},
             "transitions": dict(self.transitions),
             "revenue": {k: str(v) for k, v in self.revenue.items()},
             "events": self.events,
             "duplicates": self.duplicates,
             "invalid": self.invalid,
         }
+
+
+@dataclass
+class _Planned:
+    """One planned event and every random choice about how it is sent."""
+
+    event_type: str
+    payload: dict[str, Any]
+    previous: str | None  # the stage this user's previous event had (None: first event)
+    duplicate: bool  # sent twice (same event_id)
+    malformed: bytes | None  # a malformed message sent after it
 
 
 def plan_user(rng: random.Random, spec: TrafficSpec) -> list[tuple[float, str]]:
@@ -116,7 +159,7 @@ class _Traffic:
         self.rng = random.Random(spec.seed)
         self.truth = GroundTruth()
         self.started_users = 0
-        self._heap: list[tuple[float, int, str, dict[str, Any]]] = []
+        self._heap: list[tuple[float, int, _Planned]] = []
         self._seq = 0
         channels = list(spec.channel_mix)
         weights = [spec.channel_mix[c] for c in channels]
@@ -145,24 +188,20 @@ class _Traffic:
                 payload["email"] = f"{user}@example.com"
             if event_type == "purchase":
                 payload.update(amount=price, currency=currency, order_id=self._uuid()[:8])
-            self._push(now + offset, event_type, payload)
-            # Ground truth: first entry of each stage, transitions between them.
-            if previous != event_type:
-                self.truth.entries[event_type] += 1
-                if previous is not None:
-                    self.truth.transitions[f"{previous}->{event_type}"] += 1
-            if event_type == "purchase":
-                self.truth.revenue[currency] = self.truth.revenue.get(currency, Decimal(0)) + Decimal(price)
+            duplicate = self.rng.random() < self.spec.duplicate_rate
+            malformed = None
+            if self.spec.invalid_rate and self.rng.random() < self.spec.invalid_rate:
+                malformed = _malformed(self.rng)
+            self._push(now + offset, _Planned(event_type, payload, previous, duplicate, malformed))
             previous = event_type
 
-    def _push(self, due: float, event_type: str, payload: dict[str, Any]) -> None:
+    def _push(self, due: float, event: _Planned) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, event_type, payload))
+        heapq.heappush(self._heap, (due, self._seq, event))
 
-    def due(self, now: float) -> Iterator[tuple[str, dict[str, Any]]]:
+    def due(self, now: float) -> Iterator[_Planned]:
         while self._heap and self._heap[0][0] <= now:
-            _, _, event_type, payload = heapq.heappop(self._heap)
-            yield event_type, payload
+            yield heapq.heappop(self._heap)[2]
 
     @property
     def waiting(self) -> int:
@@ -173,9 +212,10 @@ class _Traffic:
 
 
 def _malformed(rng: random.Random) -> bytes:
+    event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     choices: list[bytes] = [
         b"{not json", b"\xff\xfe\x00garbage", b"[]", b'{"user_id": 42}',
-        json.dumps({"event_id": str(uuid.uuid4()), "user_id": "", "ts": 0}).encode(),
+        json.dumps({"event_id": event_id, "user_id": "", "ts": 0}).encode(),
     ]
     return rng.choice(choices)
 
@@ -201,28 +241,24 @@ async def run_generator(
             if spec.duration and elapsed >= spec.duration:
                 break
             budget = min(budget + spec.rate * tick, spec.rate)  # at most one second of burst
-            batch = []
-            for event_type, payload in traffic.due(now):
-                batch.append((event_type, payload))
+            batch = list(traffic.due(now))
             while len(batch) < budget and (not spec.users or traffic.started_users < spec.users):
                 traffic.start_user(now)
                 batch.extend(traffic.due(now))
-            for event_type, payload in batch:
+            for event in batch:
                 budget -= 1
+                payload = event.payload
                 payload["ts"] = int(time.time() * 1000)
-                topic = settings.topic(event_type)
+                topic = settings.topic(event.event_type)
                 body = json.dumps(payload).encode()
-                await producer.send(topic, body, key=payload["user_id"].encode())
-                traffic.truth.events += 1
-                sent += 1
-                if traffic.rng.random() < spec.duplicate_rate:
-                    await producer.send(topic, body, key=payload["user_id"].encode())
-                    traffic.truth.duplicates += 1
-                    sent += 1
-                if spec.invalid_rate and traffic.rng.random() < spec.invalid_rate:
-                    await producer.send(topic, _malformed(traffic.rng))
-                    traffic.truth.invalid += 1
-                    sent += 1
+                key = payload["user_id"].encode()
+                await producer.send(topic, body, key=key)
+                if event.duplicate:
+                    await producer.send(topic, body, key=key)
+                if event.malformed is not None:
+                    await producer.send(topic, event.malformed)
+                traffic.truth.record(event)
+                sent += 1 + event.duplicate + (event.malformed is not None)
             if spec.users and traffic.started_users >= spec.users and not traffic.waiting:
                 break
             if progress and now - last_report >= 2.0:

@@ -43,13 +43,17 @@ from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
 __all__ = [
     "DEFAULT_CHANNEL",
     "SEEN_LIMIT",
+    "Dropoff",
     "JourneyResult",
     "StageEntry",
     "Transition",
     "UserState",
     "apply_event",
+    "expire_window",
+    "furthest",
     "route",
     "routes_for",
+    "window_ms",
 ]
 
 SEEN_LIMIT = 128
@@ -107,11 +111,28 @@ class Transition:
     first: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Dropoff:
+    """A user whose conversion window ran out at ``stage`` (closed lost), or its retraction."""
+
+    funnel: str
+    stage: str
+    stage_index: int
+    user_id: str
+    entered_ts: int
+    dropped_ts: int
+    channel: str
+    version: int
+    deleted: bool = False
+    first: bool = False
+
+
 @dataclass(slots=True)
 class JourneyResult:
     duplicate: bool = False
     entries: list[StageEntry] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+    dropoffs: list[Dropoff] = field(default_factory=list)
     channel: str = DEFAULT_CHANNEL
     #: For purchases: "new" for the user's first purchase, "returning" after.
     customer: str = ""
@@ -125,9 +146,10 @@ def _new_funnel_state() -> dict[str, Any]:
     #   cht: event time of the touch the channel (and campaign) come from
     #   dims: [campaign (first touch), product, region, manager (latest)]
     #   buys: event ids of the user's purchases, in order (new vs returning)
+    #   drops: stage -> [version, dropped_ts, deleted]  drop-offs (closed lost)
     #   seen: recent event ids; last: latest entry time
     return {"st": {}, "tr": {}, "ver": 0, "ch": None, "dims": ["", "", "", ""], "buys": [],
-            "seen": [], "last": 0}
+            "drops": {}, "seen": [], "last": 0}
 
 
 def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefinition) -> JourneyResult:
@@ -181,10 +203,60 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         result.transitions.append(
             _transition(fs, funnel, user, to, want, fs["ver"], result.channel, first=have is None)
         )
+    _retract_dropoffs(result, fs, funnel, user, funnel.index(stage), ts)
     if reattributed:  # everything else the user has, under the new channel
         changed = {t.to_stage for t in result.transitions}
         _emit_all(result, fs, funnel, user, skip_entry=stage, skip_transitions=changed)
     return result
+
+
+def furthest(state: UserState, funnel: FunnelDefinition) -> tuple[str, int] | None:
+    """The user's furthest stage in ``funnel`` and when they entered it."""
+    fs = state.get(funnel.name)
+    if not fs or not fs["st"]:
+        return None
+    stage = max(fs["st"], key=funnel.index)
+    return stage, fs["st"][stage][0]
+
+
+def window_ms(funnel: FunnelDefinition) -> int:
+    return round(funnel.conversion_window_days * 86_400_000)
+
+
+def expire_window(state: UserState, funnel: FunnelDefinition, user: str, stage: str,
+                  entered: int) -> Dropoff | None:
+    """The conversion window after entering ``stage`` at ``entered`` has ended.
+
+    Returns the drop-off if the user is still there (and not already dropped
+    there, and ``stage`` is not the last one); updates ``state``.
+    """
+    if furthest(state, funnel) != (stage, entered) or stage == funnel.stages[-1]:
+        return None
+    fs = state[funnel.name]
+    drops = fs.setdefault("drops", {})
+    if stage in drops and not drops[stage][2]:
+        return None
+    first = stage not in drops
+    fs["ver"] += 1
+    drops[stage] = [fs["ver"], entered + window_ms(funnel), False]
+    return _dropoff(fs, funnel, user, stage, first)
+
+
+def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str,
+                      index: int, ts: int) -> None:
+    """A stage beyond a drop-off, entered before that window ended: not lost after all."""
+    for stage, (_, dropped_ts, deleted) in list(fs.get("drops", {}).items()):
+        if not deleted and funnel.index(stage) < index and ts <= dropped_ts:
+            fs["ver"] += 1
+            fs["drops"][stage] = [fs["ver"], dropped_ts, True]
+            result.dropoffs.append(_dropoff(fs, funnel, user, stage))
+
+
+def _dropoff(fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str,
+             first: bool = False) -> Dropoff:
+    version, dropped_ts, deleted = fs["drops"][stage]
+    return Dropoff(funnel.name, stage, funnel.index(stage), user, fs["st"][stage][0], dropped_ts,
+                   fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
 
 
 def _attribute(fs: dict[str, Any], event: NormalizedEvent, funnel: FunnelDefinition) -> bool:
@@ -292,3 +364,5 @@ def _emit_all(
             continue
         from_stage, version = fs["tr"][to]
         result.transitions.append(_transition(fs, funnel, user, to, from_stage, version, result.channel))
+    for stage in fs.get("drops", {}):
+        result.dropoffs.append(_dropoff(fs, funnel, user, stage))

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 
 from schemas import NormalizedEvent
-from streams.journey import StageEntry, Transition
+from streams.journey import Dropoff, StageEntry, Transition
 
-__all__ = ["change_message", "entry_row", "event_row", "transition_row"]
+__all__ = ["change_message", "dropoff_row", "entry_row", "event_row", "transition_row"]
 
 
 def _prop(value: Any) -> str:
@@ -38,6 +38,11 @@ def transition_row(x: Transition) -> tuple[Any, ...]:
         x.funnel, x.from_stage, x.to_stage, x.from_index, x.to_index, x.user_id, x.from_ts,
         x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted), x.campaign,
     )
+
+
+def dropoff_row(x: Dropoff) -> tuple[Any, ...]:
+    return (x.funnel, x.stage, x.stage_index, x.user_id, x.entered_ts, x.dropped_ts, x.channel,
+            x.version, int(x.deleted))
 
 
 def change_message(x: StageEntry | Transition) -> bytes:

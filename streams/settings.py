@@ -88,6 +88,16 @@ class Settings(BaseSettings):
     email_hash_key: SecretStr | None = Field(
         None, description="FUNNEL_EMAIL_HASH_KEY: HMAC key for e-mail hashes; unset drops e-mails."
     )
+    stall_after_seconds: float = Field(
+        3600.0, gt=0, description="FUNNEL_STALL_AFTER_SECONDS: no progress for this long makes a "
+        "lead stalled (hot)."
+    )
+    stall_warm_seconds: float = Field(
+        86400.0, gt=0, description="FUNNEL_STALL_WARM_SECONDS: a stalled lead is warm after this long."
+    )
+    stall_cold_seconds: float = Field(
+        604800.0, gt=0, description="FUNNEL_STALL_COLD_SECONDS: a stalled lead is cold after this long."
+    )
     status_interval_seconds: float = Field(
         10.0, gt=0, description="FUNNEL_STATUS_INTERVAL_SECONDS: worker status log line period."
     )

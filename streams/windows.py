@@ -107,6 +107,10 @@ class Watermarks:
             return False
         return ts_ms < mark - self.allowed_ms
 
+    def mark(self, partition: object) -> int | None:
+        """The partition's watermark, or None before its first event."""
+        return self._marks.get(partition)
+
     def forget(self, partitions: Iterable[object]) -> None:
         for p in partitions:
             self._marks.pop(p, None)

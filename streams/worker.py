@@ -76,7 +76,8 @@ def run_worker(
     if customize:
         customize(pipeline)
     log.info(
-        "worker %s: kafka %s, clickhouse %s, funnels %s, web http://%s:%d/ (metrics, sql, health)%s",
+        "worker %s: kafka %s, clickhouse %s, funnels %s, web http://%s:%d/ (page, api, metrics, sql, "
+        "health)%s",
         settings.app_id, settings.kafka_url, target, ", ".join(pipeline.funnels),
         settings.web_host, settings.web_port,
         f", created topics {', '.join(created)}" if created else "",

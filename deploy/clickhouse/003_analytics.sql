@@ -99,3 +99,74 @@ INNER JOIN (SELECT funnel, max(stage_index) AS last_index
             FROM {database}.funnel_stages FINAL GROUP BY funnel) AS f
     ON f.funnel = e.funnel
 WHERE e.furthest_index < f.last_index;
+
+-- Drop-offs (closed lost): a user whose conversion window ended while their
+-- furthest stage was this one. Emitted live by the journey agent when the
+-- partition's event-time watermark passes the window's end; retracted
+-- (tombstone, higher version) if a late event shows they advanced in time.
+CREATE TABLE IF NOT EXISTS {database}.dropoffs
+(
+    funnel          LowCardinality(String),
+    stage           LowCardinality(String),
+    stage_index     UInt8,
+    user_id         String,
+    entered_at      DateTime64(3, 'UTC'),
+    dropped_at      DateTime64(3, 'UTC') COMMENT 'entered_at + the funnel conversion window',
+    channel         LowCardinality(String),
+    version         UInt32,
+    is_deleted      UInt8
+)
+ENGINE = ReplacingMergeTree(version, is_deleted)
+ORDER BY (funnel, stage, user_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Live closed conversion per stage: won = moved on from the stage, lost =
+-- dropped off there; users still inside their window are in neither.
+CREATE OR REPLACE VIEW {database}.closed_conversion AS
+SELECT e.funnel AS funnel, e.stage AS stage, e.stage_index AS stage_index,
+       countIf(t.user_id != '') AS won, countIf(d.user_id != '') AS lost,
+       count() - won - lost AS open,
+       if(won + lost = 0, NULL, won / (won + lost)) AS closed_conversion
+FROM (SELECT funnel, stage, stage_index, user_id FROM {database}.stage_entries FINAL) AS e
+LEFT JOIN (SELECT DISTINCT funnel, from_stage, user_id FROM {database}.transitions FINAL) AS t
+    ON t.funnel = e.funnel AND t.from_stage = e.stage AND t.user_id = e.user_id
+LEFT JOIN (SELECT funnel, stage, user_id FROM {database}.dropoffs FINAL) AS d
+    ON d.funnel = e.funnel AND d.stage = e.stage AND d.user_id = e.user_id
+GROUP BY funnel, stage, stage_index;
+
+-- Marketing spend from the optional funnel.spend topic. The latest report for
+-- a (channel, campaign, currency, period) wins, so corrections are re-sent.
+CREATE TABLE IF NOT EXISTS {database}.spend
+(
+    event_id        UUID,
+    channel         LowCardinality(String),
+    campaign        String,
+    amount          Decimal(18, 4),
+    currency        LowCardinality(String),
+    period_start    DateTime64(3, 'UTC'),
+    period_end      DateTime64(3, 'UTC'),
+    source          String,
+    received_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(received_at)
+ORDER BY (channel, campaign, currency, period_start, period_end)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Cost per acquisition and return on spend per funnel, channel and currency:
+-- spend of the channel over all its reported periods, against the new
+-- customers and revenue attributed to the channel in those periods.
+CREATE OR REPLACE VIEW {database}.cost_by_channel AS
+SELECT p.funnel AS funnel, s.channel AS channel, s.currency AS currency,
+       any(s.spend) AS spend,
+       countIf(p.customer = 'new' AND p.ts >= s.first_start AND p.ts < s.last_end) AS new_customers,
+       sumIf(p.amount, p.ts >= s.first_start AND p.ts < s.last_end) AS revenue,
+       if(new_customers = 0, NULL, spend / new_customers) AS cost_per_acquisition,
+       if(spend = 0, NULL, (revenue - spend) / spend) AS return_on_spend
+FROM (SELECT channel, currency, sum(amount) AS spend, min(period_start) AS first_start,
+             max(period_end) AS last_end
+      FROM {database}.spend FINAL GROUP BY channel, currency) AS s
+LEFT JOIN (SELECT funnel, attributed_channel AS channel, currency, ts, customer, amount
+           FROM {database}.events FINAL
+           WHERE event_type = 'purchase' AND funnel != '') AS p
+    ON p.channel = s.channel AND p.currency = s.currency
+GROUP BY funnel, channel, currency;

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,14 @@ class Worker:
         return int(self.proc.returncode)
 
 
-def start_worker(env: dict[str, str], log_path: Path, timeout: float = 60.0) -> Worker:
-    """Start `funnel worker` and wait until it consumes (its /health answers and it joined)."""
+def start_worker(env: dict[str, str], log_path: Path, timeout: float = 60.0, *,
+                 command: list[str] | None = None) -> Worker:
+    """Start `funnel worker` (or ``command``) and wait until it consumes (/health says ready)."""
     port = free_port()
     full_env = {**os.environ, **env, "FUNNEL_WEB_PORT": str(port), "FUNNEL_WEB_HOST": "127.0.0.1"}
     out = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker"], env=full_env, stdout=out,
+        command or [sys.executable, "-m", "streams.cli", "worker"], env=full_env, stdout=out,
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     out.close()
@@ -165,3 +167,199 @@ def event(event_type: str, user: str, ts_ms: int, **fields: Any) -> tuple[str, s
     event_id = fields.pop("event_id", None) or str(uuid.uuid4())
     body = {"event_id": event_id, "user_id": user, "ts": ts_ms, **fields}
     return event_type, event_id, json.dumps(body).encode()
+
+
+# -- helpers for the reliability tests (tests/integration/test_reliability_*.py) ----------------
+
+#: The topics a pipeline's consumer group reads (its lag says what is left to do).
+CONSUMED_TOPICS = ("visit", "signup", "webinar", "consultation", "purchase", "normalized",
+                   "stage-changes")
+
+
+def bootstrap_of(env: dict[str, str]) -> str:
+    return env["FUNNEL_KAFKA_URL"].removeprefix("kafka://")
+
+
+def start_worker_module(env: dict[str, str], log_path: Path, module: str, timeout: float = 60.0) -> Worker:
+    """Like :func:`start_worker`, but runs ``python -m module`` (a test-only launcher)."""
+    return start_worker(env, log_path, timeout, command=[sys.executable, "-m", module])
+
+
+def generate(env: dict[str, str], truth: Path, *args: str, log_path: Path | None = None
+             ) -> subprocess.Popen[bytes]:
+    """Start `funnel generate --truth TRUTH ARGS...` in the background (wait() for it)."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "generate", "--truth", str(truth), *args],
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+TRUTH_KEYS = ("entries", "entries_by_channel", "transitions", "revenue", "events")
+
+
+def load_truth(path: Path) -> dict[str, Any]:
+    """The generator's ground truth, in the shape of :func:`funnel_numbers`."""
+    truth = json.loads(path.read_text())
+    numbers = {key: truth[key] for key in TRUTH_KEYS}
+    numbers["revenue"] = {c: Decimal(v) for c, v in numbers["revenue"].items()}
+    return numbers
+
+
+def funnel_numbers(worker: Worker) -> dict[str, Any]:
+    """What ClickHouse says, in the shape of the generator's ground truth (FINAL reads)."""
+    by_channel: dict[str, dict[str, int]] = {}
+    for stage, channel, n in worker.sql(
+            "SELECT stage, channel, count() FROM funnel.stage_entries FINAL GROUP BY stage, channel"):
+        by_channel.setdefault(stage, {})[channel] = n
+    return {
+        "entries": dict(worker.sql(
+            "SELECT stage, count() FROM funnel.stage_entries FINAL GROUP BY stage")),
+        "entries_by_channel": by_channel,
+        "transitions": dict(worker.sql(
+            "SELECT concat(from_stage, '->', to_stage), count() FROM funnel.transitions FINAL "
+            "GROUP BY from_stage, to_stage")),
+        "revenue": {c: Decimal(v) for c, v in worker.sql(
+            "SELECT currency, toString(sum(amount)) FROM funnel.events FINAL "
+            "WHERE event_type = 'purchase' GROUP BY currency")},
+        "events": worker.scalar("SELECT count() FROM funnel.events FINAL"),
+    }
+
+
+def assert_exact_truth(worker: Worker, truth_path: Path) -> int:
+    """ClickHouse equals the ground truth exactly, windows included, users consistent.
+
+    Call once the pipeline is drained. Returns the number of distinct events.
+    """
+    truth = load_truth(truth_path)
+    assert funnel_numbers(worker) == truth
+    windows = window_numbers(worker)
+    assert windows == {"entries": truth["entries"], "transitions": truth["transitions"]}
+    assert consistency_violations(worker) == dict.fromkeys(CONSISTENCY_CHECKS, 0)
+    return int(truth["events"])
+
+
+def window_numbers(worker: Worker) -> dict[str, Any]:
+    """Window members summed over all windows, in the shape of entries/transitions."""
+    rows = worker.sql(
+        "SELECT kind, if(kind = 'entry', stage, concat(from_stage, '->', stage)), sum(users) "
+        "FROM funnel.stage_counts_final GROUP BY kind, stage, from_stage")
+    return {
+        "entries": {k: n for kind, k, n in rows if kind == "entry"},
+        "transitions": {k: n for kind, k, n in rows if kind == "transition"},
+    }
+
+
+#: Per-user consistency checks; each query counts violations (all must be 0).
+CONSISTENCY_CHECKS = {
+    # Never two different entry events for one (funnel, stage, user), in any row ever written.
+    "stage entered by two events": (
+        "SELECT count() FROM (SELECT uniqExact(event_id) AS n FROM funnel.stage_entries "
+        "GROUP BY funnel, stage, user_id HAVING n > 1)"),
+    "transition into a stage by two events": (
+        "SELECT count() FROM (SELECT uniqExact(event_id) AS n FROM funnel.transitions "
+        "GROUP BY funnel, to_stage, user_id HAVING n > 1)"),
+    # A transition joins the two entries it connects, at their event times.
+    "transition without matching entries": (
+        "SELECT count() FROM funnel.transitions AS t FINAL "
+        "LEFT JOIN (SELECT funnel, stage, user_id, ts FROM funnel.stage_entries FINAL) AS a "
+        "ON a.funnel = t.funnel AND a.stage = t.from_stage AND a.user_id = t.user_id "
+        "LEFT JOIN (SELECT funnel, stage, user_id, ts, event_id FROM funnel.stage_entries FINAL) AS b "
+        "ON b.funnel = t.funnel AND b.stage = t.to_stage AND b.user_id = t.user_id "
+        "WHERE a.ts != t.from_ts OR b.ts != t.ts OR b.event_id != t.event_id"),
+    # Every stage entry comes from a stored event of that stage.
+    "entry without its event": (
+        "SELECT count() FROM funnel.stage_entries AS s FINAL "
+        "LEFT ANTI JOIN (SELECT event_id FROM funnel.events FINAL) AS e ON e.event_id = s.event_id"),
+}
+
+
+def consistency_violations(worker: Worker) -> dict[str, int]:
+    return {name: worker.scalar(sql) for name, sql in CONSISTENCY_CHECKS.items()}
+
+
+async def _end_offsets(consumer: AIOKafkaConsumer, tps: list[Any]) -> dict[Any, int]:
+    """The next offset of every partition.
+
+    The embedded broker answers ListOffsets(latest) with the base offset of the
+    last record batch plus one, not the offset after its last record, so
+    ``end_offsets()`` alone undercounts. Read the last batch to find the end.
+    """
+    reported = await consumer.end_offsets(tps)
+    ends = dict(reported)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(reported[tp] - 1, 0))
+    while True:
+        batch = await consumer.getmany(timeout_ms=300)
+        if not batch:
+            return ends
+        for tp, records in batch.items():
+            ends[tp] = max(ends[tp], records[-1].offset + 1)
+
+
+def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
+    """Messages not yet committed by consumer group ``group``, per topic."""
+
+    async def run() -> dict[str, int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.structs import TopicPartition
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await admin.start()
+        await consumer.start()
+        try:
+            wanted = list(topics)
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(t, p) for t in wanted
+                   for p in sorted(consumer.partitions_for_topic(t) or ())]
+            ends = await _end_offsets(consumer, tps)
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            lag = dict.fromkeys(wanted, 0)
+            for tp in tps:
+                done = committed.get(tp)
+                lag[tp.topic] += ends[tp] - max(done.offset if done else 0, 0)
+            return lag
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def pipeline_lag(worker: Worker) -> dict[str, int]:
+    """Lag of the worker's consumer group on every topic it consumes."""
+    prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+    return group_lag(bootstrap_of(worker.env), worker.env["FUNNEL_APP_ID"],
+                     [prefix + t for t in CONSUMED_TOPICS])
+
+
+def wait_drained(worker: Worker, timeout: float, settle: float = 2.0) -> None:
+    """Wait until the worker's group committed everything and its sinks hold nothing.
+
+    Offsets are committed only after the rows are in ClickHouse, so no lag means
+    everything produced so far has been written. ``settle`` seconds of quiet make
+    sure the window agent has seen what the journey agent produced last.
+    """
+    def drained() -> bool:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}")
+        return not any(pipeline_lag(worker).values()) and \
+            worker.metric_sum("funnel_sink_pending_rows") == 0
+
+    wait_until(drained, timeout, "the pipeline to drain", every=1.0)
+    time.sleep(settle)
+    wait_until(drained, timeout, "the pipeline to drain (after settling)", every=1.0)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -208,3 +208,25 @@ def test_transitions_follow_event_time_whatever_the_topic_order(worker: Worker) 
     # Each user's first transition into a stage is counted once on /metrics.
     assert worker.metric_sum("funnel_transitions_total", to_stage="purchase") == 200
     assert worker.metric_sum("funnel_transitions_total", to_stage="signup") == 200
+
+
+def test_spend_reports_give_cost_per_acquisition(worker: Worker) -> None:
+    prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+    bootstrap = worker.env["FUNNEL_KAFKA_URL"].removeprefix("kafka://")
+    t0 = _t0()
+    produce(bootstrap, [(f"{prefix}visit", f"p{i}".encode(), event("visit", f"p{i}", t0, channel="ads")[2])
+                        for i in range(4)])
+    wait_until(lambda: worker.metric_sum("funnel_events_total", event_type="visit") >= 4, 60, "visits")
+    produce(bootstrap, [(f"{prefix}purchase", f"p{i}".encode(),
+                         event("purchase", f"p{i}", t0 + 1000, amount="25", currency="EUR")[2])
+                        for i in range(4)])
+    period = {"period_start": t0 - 3_600_000, "period_end": t0 + 3_600_000}
+    spend = {"event_id": str(uuid.uuid4()), "channel": "ads", "amount": "200", "currency": "EUR", **period}
+    bad = {**spend, "event_id": str(uuid.uuid4()), "amount": "-1"}
+    produce(bootstrap, [(f"{prefix}spend", None, json.dumps(x).encode()) for x in (spend, bad)])
+    wait_until(lambda: worker.sql(
+        "SELECT toString(spend), new_customers, toString(cost_per_acquisition) "
+        "FROM funnel.cost_by_channel WHERE channel = 'ads'") == [["200", 4, "50"]], 60, "CPA 50")
+    assert worker.metric_sum("funnel_spend_total", channel="ads", currency="EUR") == 200
+    assert worker.metric_sum("funnel_customers_total", channel="ads") == 4
+    assert worker.metric_sum("funnel_invalid_events_total", reason="invalid_amount") == 1

@@ -49,6 +49,8 @@ COUNTERS = (
     "funnel_sink_rows",
     "funnel_sink_errors",
     "funnel_dropoffs",
+    "funnel_customers",
+    "funnel_spend",
 )
 HISTOGRAMS = (
     "funnel_transition_duration_seconds",

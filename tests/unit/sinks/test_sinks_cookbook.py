@@ -8,6 +8,7 @@ The data set (hours before now): seven users through the default funnel.
   e  social/launch eu       visit 400                                -> cold, out of its window
   f  ads/retarget na        visit 1                                  -> hot
   g  email/news  eu pro     visit 30, signup 29, webinar 28, consultation 27
+and 300 EUR of ads spend over the last 100 hours.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas import DEFAULT_FUNNEL, FunnelsConfig, NormalizedEvent
-from sinks import migrate
+from sinks import COLUMNS, migrate
 
 from .analytics_data import load_events, query
 
@@ -73,7 +74,7 @@ def _week_counts() -> list[tuple[str, str, int, int]]:
     this_week = int((today - timedelta(days=(today.weekday() + 1) % 7)).timestamp() * 1000)
     last_week = this_week - 7 * 24 * H
     counts: dict[tuple[str, str], list[int]] = {}
-    for user, (dims, steps) in USERS.items():
+    for dims, steps in USERS.values():
         firsts: dict[str, int] = {}
         for stage, hours_ago, _ in steps:
             firsts.setdefault(stage, NOW_MS - int(hours_ago * H))
@@ -92,9 +93,11 @@ EXPECTED: dict[int, Any] = {
         ("consultation", "purchase", 2, 1, 0.5), ("webinar", "consultation", 2, 2, 1.0)],
     4: [("consultation", 1, 0, 1, 1.0), ("signup", 2, 0, 2, 1.0), ("visit", 2, 1, 4, 0.667),
         ("webinar", 1, 0, 1, 1.0)],
-    5: [("", "signup", "purchase", 1, 68400.0, 68400.0), ("bf", "consultation", "purchase", 1, 3600.0, 3600.0)],
+    5: [("", "signup", "purchase", 1, 68400.0, 68400.0),
+        ("bf", "consultation", "purchase", 1, 3600.0, 3600.0)],
     6: [("f", "visit", "hot", "", 1.0), ("g", "consultation", "warm", "alice", 27.0),
-        ("b", "signup", "warm", "", 48.0), ("c", "visit", "warm", "", 72.0), ("e", "visit", "cold", "", 400.0)],
+        ("b", "signup", "warm", "", 48.0), ("c", "visit", "warm", "", 72.0),
+        ("e", "visit", "cold", "", 400.0)],
     7: [("ads", "EUR", 1, 100, 100.0), ("seo", "EUR", 2, 75, 37.5)],
     8: [("new", 2, 150, 2), ("returning", 1, 25, 1)],
     9: [("signup", "purchase", 1)],
@@ -102,6 +105,7 @@ EXPECTED: dict[int, Any] = {
          ("eu", "starter", "visit", 1), ("na", "", "visit", 1), ("na", "pro", "purchase", 1),
          ("na", "pro", "visit", 1), ("na", "starter", "visit", 1)],
     11: [(1, 3), (2, 2), (4, 1), (5, 1)],
+    13: [("ads", "EUR", 300.0, 1, 300.0, -0.667)],  # a is ads' one new customer in the period
 }
 
 
@@ -110,6 +114,9 @@ def cookbook_db(chdb_client: Client) -> Any:
     database = f"cookbook_{NOW_MS}"
     migrate(chdb_client, database=database)
     load_events(chdb_client, database, _events(), FunnelsConfig(funnels=(DEFAULT_FUNNEL,)))
+    spend = ("00000000-0000-4000-8000-000000000013", "ads", "", "300", "EUR", NOW_MS - 100 * H, NOW_MS,
+             "", NOW_MS)
+    chdb_client.insert(f"{database}.spend", [spend], column_names=COLUMNS["spend"])
     yield database
     chdb_client.command(f"DROP DATABASE IF EXISTS {database}")
 

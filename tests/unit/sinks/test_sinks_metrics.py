@@ -53,7 +53,7 @@ def exercise(m: FunnelMetrics) -> None:
     m.transitions.labels("default", "visit", "signup", "ads").inc(2)
     m.transition_duration.labels("default", "visit", "signup").observe(90)
     m.dropoffs.labels("default", "webinar", "ads").inc(2)
-    m.stalled_users.labels("default", "webinar").set(7)
+    m.stalled_users.labels("default", "webinar", "warm").set(7)
     m.revenue.labels("default", "ads", "EUR").inc(19.9)
     m.sink_rows.labels("clickhouse", "events").inc(2)
     m.sink_errors.labels("clickhouse").inc(2)
@@ -76,7 +76,7 @@ EXPECTED = [
     ("funnel_transition_duration_seconds_bucket", {**TRANSITION, "le": "60.0"}, 0),
     ("funnel_transition_duration_seconds_bucket", {**TRANSITION, "le": "300.0"}, 1),
     ("funnel_dropoffs_total", {"funnel": "default", "stage": "webinar", "channel": "ads"}, 2),
-    ("funnel_stalled_users", {"funnel": "default", "stage": "webinar"}, 7),
+    ("funnel_stalled_users", {"funnel": "default", "stage": "webinar", "temperature": "warm"}, 7),
     ("funnel_revenue_total", {"funnel": "default", "channel": "ads", "currency": "EUR"}, 19.9),
     ("funnel_sink_rows_total", {"sink": "clickhouse", "table": "events"}, 2),
     ("funnel_sink_errors_total", {"sink": "clickhouse"}, 2),
@@ -100,7 +100,7 @@ def test_registry_holds_exactly_the_design_metrics(metrics: FunnelMetrics) -> No
     # Families, so a metric nobody has touched yet (no samples) is listed too.
     families = {(f.name, f.type) for f in metrics.registry.collect()}
     counters = ("events", "invalid_events", "duplicate_events", "late_events", "stage_entries",
-                "transitions", "dropoffs", "revenue", "sink_rows", "sink_errors")
+                "transitions", "dropoffs", "revenue", "customers", "spend", "sink_rows", "sink_errors")
     assert families == {
         *((f"funnel_{c}", "counter") for c in counters),
         ("funnel_stalled_users", "gauge"), ("funnel_sink_pending_rows", "gauge"),
@@ -119,3 +119,20 @@ def test_bundles_on_separate_registries_do_not_share_values() -> None:
 def test_metrics_bound_channels_with_their_allow_list() -> None:
     m = FunnelMetrics(CollectorRegistry(), channels=["newsletter"])
     assert (m.channel("Newsletter"), m.channel("seo")) == ("newsletter", OTHER_CHANNEL)
+
+
+def test_declare_exports_every_bounded_label_set_at_zero(metrics) -> None:
+    from schemas import DEFAULT_FUNNEL, REASONS
+
+    metrics.declare([DEFAULT_FUNNEL])
+    value = metrics.registry.get_sample_value
+    visit_other = {"funnel": "default", "stage": "visit", "channel": "other"}
+    assert value("funnel_stage_entries_total", visit_other) == 0
+    assert value("funnel_transitions_total", {"funnel": "default", "from_stage": "visit",
+                                              "to_stage": "purchase", "channel": "seo"}) == 0
+    assert value("funnel_invalid_events_total", {"reason": REASONS[0]}) == 0
+    last_stage = {"funnel": "default", "stage": "purchase", "channel": "seo"}
+    assert value("funnel_dropoffs_total", last_stage) is None  # nobody drops off at the end
+    series = [s for m in metrics.registry.collect() if m.name == "funnel_transitions"
+              for s in m.samples if s.name == "funnel_transitions_total"]
+    assert len(series) == 10 * 8  # forward stage pairs x (seven allowed channels + other)

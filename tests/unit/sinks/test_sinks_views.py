@@ -164,3 +164,33 @@ def test_stalled_leads_by_temperature(chdb_client: Client, ch_database: str,
         ("cold", "visit", "cold", "alice"), ("hot", "signup", "hot", "bob"),
         ("warm", "visit", "warm", "alice"),
     ]
+
+
+def test_cost_per_acquisition_and_return_on_spend(chdb_client: Client, ch_database: str,
+                                                  make_event: MakeEvent) -> None:
+    from schemas import Decoder
+    from sinks import COLUMNS
+
+    events = [make_event("visit", u, at=0, channel="ads") for u in ("a", "b", "c")]
+    events += [make_event("purchase", "a", at=60, amount="100", currency="EUR"),
+               make_event("purchase", "b", at=60, amount="50", currency="EUR"),
+               make_event("purchase", "a", at=120, amount="30", currency="EUR"),   # returning
+               make_event("purchase", "c", at=5 * DAY, amount="999", currency="EUR")]  # after the period
+    load_events(chdb_client, ch_database, events, FunnelsConfig(funnels=(DEFAULT_FUNNEL,)))
+    decoder = Decoder({"default"})
+    start = "2026-01-31T00:00:00Z"  # the made-up events happen on 2026-01-31 12:00
+
+    def report(amount: str, end: str, n: int) -> bytes:
+        return (f'{{"event_id": "00000000-0000-4000-8000-00000000000{n}", "channel": "ads", '
+                f'"amount": "{amount}", "currency": "EUR", "period_start": "{start}", '
+                f'"period_end": "{end}"}}').encode()
+
+    rows = [(*decoder.decode_spend(report(a, e, n)).values(), n)
+            for n, (a, e) in enumerate([("90", "2026-02-01T00:00:00Z"), ("300", "2026-02-01T00:00:00Z")])]
+    # The second report corrects the first (same channel and period): 300 EUR.
+    chdb_client.insert(f"{ch_database}.spend", rows, column_names=COLUMNS["spend"])
+    assert query(chdb_client, ch_database,
+                 "SELECT funnel, channel, toString(spend), new_customers, toString(revenue), "
+                 "toString(cost_per_acquisition), toFloat64(return_on_spend) "
+                 "FROM funnel.cost_by_channel") == [
+        ("default", "ads", "300", 2, "180", "150", -0.4)]

@@ -1,0 +1,124 @@
+"""Deadlines that fire as time passes: conversion windows and stalled leads.
+
+Both trackers keep work proportional to the users whose state changes or
+whose deadline passes: each user has at most one pending deadline per funnel
+in a heap; a deadline whose user has moved on since is skipped when it comes
+up (lazy invalidation), never searched for. Nothing here scans all users,
+except :meth:`clear` plus re-adding when partitions are reassigned.
+
+* :class:`WindowDeadlines` - per partition, ordered by the end of the user's
+  conversion window at their furthest stage, released by the partition's
+  event-time watermark (so replays and backlogs behave like live traffic).
+* :class:`StallTracker` - users by (funnel, furthest stage, temperature)
+  from the wall clock: active while they progressed recently, then hot, warm
+  and cold. The counts feed the ``funnel_stalled_users`` gauge.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Hashable, Iterator
+from typing import NamedTuple
+
+__all__ = ["TEMPERATURES", "StallTracker", "WindowDeadline", "WindowDeadlines"]
+
+TEMPERATURES = ("hot", "warm", "cold")
+
+
+class WindowDeadline(NamedTuple):
+    deadline: int
+    seq: int
+    key: bytes
+    funnel: str
+    stage: str
+    entered: int
+
+
+class WindowDeadlines:
+    """Per-partition heaps of conversion-window ends."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[Hashable, list[WindowDeadline]] = {}
+        self._seq = itertools.count()
+
+    def schedule(self, partition: Hashable, key: bytes, funnel: str, stage: str, entered: int,
+                 window_ms: int) -> None:
+        heapq.heappush(self._heaps.setdefault(partition, []),
+                       WindowDeadline(entered + window_ms, next(self._seq), key, funnel, stage, entered))
+
+    def due(self, partition: Hashable, watermark: int) -> Iterator[WindowDeadline]:
+        """Pop every deadline of ``partition`` at or before ``watermark``."""
+        heap = self._heaps.get(partition)
+        while heap and heap[0].deadline <= watermark:
+            yield heapq.heappop(heap)
+
+    def clear(self) -> None:
+        self._heaps.clear()
+
+    def __len__(self) -> int:
+        return sum(len(h) for h in self._heaps.values())
+
+
+class StallTracker:
+    """Counts users per (funnel, stage, temperature); updated per change and per crossing.
+
+    ``stall_after``, ``warm_after`` and ``cold_after`` are milliseconds without
+    progress after which a user is hot, warm and cold.
+    """
+
+    def __init__(self, stall_after: int, warm_after: int, cold_after: int) -> None:
+        if not 0 < stall_after <= warm_after <= cold_after:
+            raise ValueError("need 0 < stall_after <= warm_after <= cold_after")
+        self.thresholds = (stall_after, warm_after, cold_after)
+        self._users: dict[tuple[bytes, str], tuple[str, int, int]] = {}  # -> stage, last, level
+        self._counts: Counter[tuple[str, str, int]] = Counter()
+        self._heap: list[tuple[int, int, bytes, str, int]] = []
+        self._seq = itertools.count()
+
+    def _level(self, last: int, now: int) -> int:
+        """0 active, 1 hot, 2 warm, 3 cold."""
+        idle = now - last
+        return sum(idle >= t for t in self.thresholds)
+
+    def update(self, key: bytes, funnel: str, stage: str | None, last: int, now: int) -> None:
+        """The user's furthest stage is now ``stage`` (None: finished), last progress ``last``."""
+        old = self._users.pop((key, funnel), None)
+        if old is not None and old[2]:
+            self._counts[(funnel, old[0], old[2])] -= 1
+        if stage is None:
+            return
+        self._place(key, funnel, stage, last, now)
+
+    def _place(self, key: bytes, funnel: str, stage: str, last: int, now: int) -> None:
+        level = self._level(last, now)
+        self._users[(key, funnel)] = (stage, last, level)
+        if level:
+            self._counts[(funnel, stage, level)] += 1
+        if level < len(self.thresholds):
+            heapq.heappush(self._heap, (last + self.thresholds[level], next(self._seq), key, funnel, last))
+
+    def advance(self, now: int) -> int:
+        """Move users whose next threshold passed; return how many moved."""
+        moved = 0
+        while self._heap and self._heap[0][0] <= now:
+            _, _, key, funnel, last = heapq.heappop(self._heap)
+            current = self._users.get((key, funnel))
+            if current is None or current[1] != last:
+                continue  # the user progressed (or finished) since this was scheduled
+            self.update(key, funnel, current[0], last, now)
+            moved += 1
+        return moved
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """Stalled users per (funnel, stage, temperature); active users are not stalled."""
+        return {(f, s, TEMPERATURES[level - 1]): n for (f, s, level), n in self._counts.items() if n}
+
+    def clear(self) -> None:
+        self._users.clear()
+        self._counts.clear()
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._users)
