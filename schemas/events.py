@@ -80,7 +80,16 @@ def _check_ts(value: datetime) -> datetime:
     return value
 
 
+def _iso_4217(value: str) -> str:
+    code = value.upper()
+    if code not in ISO_4217:
+        raise ValueError(f"{value!r} is not an ISO 4217 currency code")
+    return code
+
+
 Timestamp = Annotated[datetime, BeforeValidator(_parse_ts), AfterValidator(_check_ts)]
+#: An ISO 4217 alphabetic code, upper-cased.
+Currency = Annotated[str, StringConstraints(min_length=3, max_length=3), AfterValidator(_iso_4217)]
 UserId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_USER_ID)
 ]
@@ -165,16 +174,8 @@ class PurchaseEvent(FunnelEvent):
 
     event_type: Literal["purchase"] = "purchase"
     amount: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
-    currency: Annotated[str, StringConstraints(min_length=3, max_length=3)]
+    currency: Currency
     order_id: Dimension | None = None
-
-    @field_validator("currency")
-    @classmethod
-    def _iso_4217(cls, value: str) -> str:
-        code = value.upper()
-        if code not in ISO_4217:
-            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
-        return code
 
 
 Event: TypeAlias = VisitEvent | SignupEvent | WebinarEvent | ConsultationEvent | PurchaseEvent

@@ -13,10 +13,9 @@ from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.currencies import ISO_4217
-from schemas.events import Dimension, Timestamp
+from schemas.events import Currency, Dimension, Timestamp
 
 __all__ = ["SpendReport"]
 
@@ -30,17 +29,9 @@ class SpendReport(BaseModel):
     channel: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
     campaign: Dimension | None = None
     amount: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
-    currency: Annotated[str, StringConstraints(min_length=3, max_length=3)]
+    currency: Currency
     period_start: Timestamp
     period_end: Timestamp
-
-    @field_validator("currency")
-    @classmethod
-    def _iso_4217(cls, value: str) -> str:
-        code = value.upper()
-        if code not in ISO_4217:
-            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
-        return code
 
     @model_validator(mode="after")
     def _period(self) -> SpendReport:
