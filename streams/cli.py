@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--users", type=int, default=0, help="stop after this many users (0: no limit)")
     g.add_argument("--duration", type=float, default=0.0, help="stop after seconds (0: no limit)")
     g.add_argument("--seed", type=int, default=None, help="random seed, for reproducible traffic")
-    g.add_argument("--funnel", default="default", help="funnel name put on the events")
+    g.add_argument("--funnel", default=None,
+                   help="funnel name put on the events (default: none, so every funnel with the stage)")
     g.add_argument("--channel-mix", default=None, metavar="C=W,...",
                    help="channel weights, e.g. seo=30,ads=25,social=20 (default: a realistic mix)")
     g.add_argument("--conversion", default="0.10,0.40,0.50,0.50", metavar="P,P,P,P",

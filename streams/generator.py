@@ -62,7 +62,7 @@ class TrafficSpec:
     users: int = 0
     duration: float = 0.0
     seed: int | None = None
-    funnel: str = "default"
+    funnel: str | None = None  # None: events name no funnel and feed every one with their stage
     channel_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_CHANNEL_MIX))
     conversion: tuple[float, ...] = (0.10, 0.40, 0.50, 0.50)
     skip_rate: float = 0.05
@@ -179,9 +179,11 @@ class _Traffic:
         previous = None
         for offset, event_type in plan_user(self.rng, self.spec):
             payload: dict[str, Any] = {
-                "event_id": self._uuid(), "user_id": user, "funnel": self.spec.funnel,
+                "event_id": self._uuid(), "user_id": user,
                 "channel": channel, "campaign": campaign, "product": product, "region": region,
             }
+            if self.spec.funnel:
+                payload["funnel"] = self.spec.funnel
             if event_type in ("consultation", "purchase"):
                 payload["manager"] = manager
             if event_type == "signup":
