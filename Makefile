@@ -20,6 +20,11 @@ test: $(BIN)/.installed
 	TZ=UTC $(BIN)/mypy
 	TZ=UTC $(BIN)/pytest tests
 
+# A quick benchmark (about a minute): prints figures, asserts nothing about speed.
+# `make bench BENCH_ARGS="--full --json bench.json"` for the full sizes; see BENCHMARKS.md.
+bench: $(BIN)/.installed
+	$(BIN)/python -m streams.bench $(BENCH_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check schemas sinks streams tests
 	$(BIN)/mypy

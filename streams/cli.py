@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a property (repeatable); numbers and true/false are typed")
     e.add_argument("--dry-run", action="store_true", help="validate and print the event, do not send")
 
+    b = sub.add_parser("bench", help="benchmark the pipeline against the raw consumer ceiling",
+                       description="Run the benchmark (streams.bench): prints figures, asserts "
+                       "nothing about speed. All arguments go to it; see `funnel bench -- --help`.")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+
     d = sub.add_parser("demo", help="run everything locally: broker, chDB, generator, worker",
                        description="Start the embedded broker (unless FUNNEL_KAFKA_URL is set) and "
                        "chDB under FUNNEL_DATA_DIR (unless FUNNEL_CLICKHOUSE_URL is set), generate "
@@ -347,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "generate":
             return _cmd_generate(args, settings)
+        if args.command == "bench":
+            from streams.bench import main as bench_main
+
+            rest = [a for a in args.bench_args if a != "--"]
+            return bench_main(rest)
         if args.command == "migrate":
             return _cmd_migrate(settings)
         if args.command == "sql":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -119,11 +120,12 @@ def start_worker(env: dict[str, str], log_path: Path, timeout: float = 60.0, *,
     return worker
 
 
-def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None]],
+            **producer_options: Any) -> int:
     """Send (topic, key, value) messages and wait until all are acknowledged."""
 
     async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **producer_options)
         await producer.start()
         try:
             futures = [await producer.send(topic, value, key=key) for topic, key, value in messages]
@@ -180,23 +182,31 @@ def bootstrap_of(env: dict[str, str]) -> str:
     return env["FUNNEL_KAFKA_URL"].removeprefix("kafka://")
 
 
-def start_worker_module(env: dict[str, str], log_path: Path, module: str, timeout: float = 60.0) -> Worker:
-    """Like :func:`start_worker`, but runs ``python -m module`` (a test-only launcher)."""
-    return start_worker(env, log_path, timeout, command=[sys.executable, "-m", module])
+def start_faulty_worker(env: dict[str, str], log_path: Path, timeout: float = 60.0) -> Worker:
+    """Like :func:`start_worker`, with ClickHouse inserts that fail on demand (faulty_worker.py)."""
+    launcher = Path(__file__).with_name("faulty_worker.py")
+    return start_worker(env, log_path, timeout, command=[sys.executable, str(launcher)])
 
 
-def generate(env: dict[str, str], truth: Path, *args: str, log_path: Path | None = None
-             ) -> subprocess.Popen[bytes]:
-    """Start `funnel generate --truth TRUTH ARGS...` in the background (wait() for it)."""
+@contextlib.contextmanager
+def generating(env: dict[str, str], truth: Path, *args: str, log_path: Path | None = None
+               ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `funnel generate --truth TRUTH ARGS...` in the background; killed if still running at exit."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "generate", "--truth", str(truth), *args],
             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 TRUTH_KEYS = ("entries", "entries_by_channel", "transitions", "revenue", "events")
@@ -363,3 +373,61 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+#: Log lines that mean something crashed (Faust logs a crashed agent as "Crashed reason=...").
+CRASH_MARKERS = ("Traceback", "Crashed", "crashed")
+
+
+def assert_never_crashed(worker: Worker) -> None:
+    """The worker process still runs (same pid) and its log shows no crash."""
+    assert worker.proc.poll() is None, f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}"
+    text = worker.log_path.read_text(errors="replace")
+    crashes = [line for line in text.splitlines() if any(m in line for m in CRASH_MARKERS)]
+    assert not crashes, "\n".join(crashes[:20])
+
+
+#: Per table: the columns a replay may legitimately change (arrival time, versions
+#: that depend on processing order). Everything else must stay the same.
+PASS_DEPENDENT_COLUMNS = {
+    "events": ("received_at",),
+    "stage_entries": (),
+    "transitions": ("version",),
+    "stage_counts": ("version",),
+}
+
+
+def table_fingerprints(worker: Worker) -> dict[str, list[Any]]:
+    """Row count and an order-independent hash of every table's current (FINAL) rows."""
+    out = {}
+    for table, varying in PASS_DEPENDENT_COLUMNS.items():
+        columns = f" EXCEPT ({', '.join(varying)})" if varying else ""
+        out[table] = worker.sql(
+            f"SELECT count(), toString(groupBitXor(cityHash64(*))) "
+            f"FROM (SELECT *{columns} FROM funnel.{table} FINAL)")[0]
+    return out
+
+
+@contextlib.contextmanager
+def stopped_cleanly(worker: Worker) -> Iterator[Worker]:
+    """Use ``worker``, then stop it: it must exit 0 (unless the body already failed)."""
+    try:
+        yield worker
+    except BaseException:
+        worker.stop()
+        raise
+    code = worker.stop()
+    assert code == 0, f"worker exited with {code}:\n{worker.log_tail()}"
+
+
+def send_visits(worker: Worker, users: Iterable[str], ts_ms: int | None = None, **fields: Any) -> int:
+    """A visit for each of ``users`` (a minute ago unless ``ts_ms``); returns how many were sent."""
+    prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+    ts = ts_ms if ts_ms is not None else int(time.time() * 1000) - 60_000
+    return produce(bootstrap_of(worker.env), [
+        (f"{prefix}visit", u.encode(), event("visit", u, ts, **fields)[2]) for u in users])
+
+
+def stored_events(worker: Worker) -> int:
+    """Distinct events in ClickHouse."""
+    return int(worker.scalar("SELECT count() FROM funnel.events FINAL"))
