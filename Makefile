@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-reliability lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(BIN)/.installed
 	TZ=UTC $(BIN)/ruff check schemas sinks streams tests
 	TZ=UTC $(BIN)/mypy
 	TZ=UTC $(BIN)/pytest tests
+
+# The long failure-injection tests (crash, outage, redelivery, ...): see issue 4.
+test-reliability: $(BIN)/.installed
+	TZ=UTC $(BIN)/pytest tests/integration -m reliability
 
 # A quick benchmark (about a minute): prints figures, asserts nothing about speed.
 # `make bench BENCH_ARGS="--full --json bench.json"` for the full sizes; see BENCHMARKS.md.

@@ -96,7 +96,11 @@ UserId = Annotated[
 Dimension = Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_DIMENSION)]
 FunnelName = Annotated[str, StringConstraints(pattern=_NAME_RE)]
 PropertyValue = (
-    Annotated[str, StringConstraints(max_length=MAX_PROPERTY_VALUE)] | int | float | bool | None
+    Annotated[str, StringConstraints(max_length=MAX_PROPERTY_VALUE)]
+    | int
+    | float
+    | bool
+    | None
 )
 
 
@@ -127,6 +131,17 @@ class FunnelEvent(BaseModel):
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROPERTY_KEY)],
         PropertyValue,
     ] = Field(default_factory=dict, max_length=MAX_PROPERTIES)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        # Larger integers cannot be serialized downstream, and must not turn
+        # into floats on the way: reject them.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
+                    raise ValueError(f"property {key!r} is an integer beyond 64 bits")
+        return value
 
     @field_validator("properties")
     @classmethod

@@ -46,3 +46,10 @@ def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
     finally:
         code = w.stop()
         assert code == 0, f"worker exited with {code}:\n{w.log_tail()}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The failure-injection tests (test_reliability_*) run by `make test-reliability`."""
+    for item in items:
+        if item.path.name.startswith("test_reliability_"):
+            item.add_marker(pytest.mark.reliability)

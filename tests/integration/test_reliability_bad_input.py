@@ -34,19 +34,21 @@ PER_REASON = 630  # x 16 generated reasons, plus hand-written cases: > 10 000
 TOO_LARGE = 20  # generated 64-256 kB messages (the hand-written ones add three of 1 MB)
 VALID = 2_000
 VALID_TYPES = ("visit", "signup", "webinar", "purchase")
-MAX_BYTES = 65_536  # FUNNEL_MAX_MESSAGE_BYTES (default)
+#: Dead-letter records keep the original bytes up to this size (key + value + headers
+#: must stay under the producer's 1 000 000-byte request limit).
+DEAD_LETTER_MAX_BYTES = 900_000
 
 
 def dead_letter_value(message: Malformed) -> tuple[bytes, bytes | None]:
     """(value, truncated header) the dead-letter record must carry for ``message``.
 
-    The original bytes; one larger than FUNNEL_MAX_MESSAGE_BYTES is cut to that
-    size, with its real size in a ``truncated`` header (a dead-letter record
-    must not be refused for the very size it is dead-lettered for).
+    The original bytes; beyond DEAD_LETTER_MAX_BYTES they are cut, the real size
+    in a ``truncated`` header (a dead-letter record must not be refused for the
+    very size it is dead-lettered for).
     """
     raw = message.value or b""
-    if len(raw) > MAX_BYTES:
-        return raw[:MAX_BYTES], str(len(raw)).encode()
+    if len(raw) > DEAD_LETTER_MAX_BYTES:
+        return raw[:DEAD_LETTER_MAX_BYTES], str(len(raw)).encode()
     return raw, None
 
 

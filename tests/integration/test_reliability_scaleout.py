@@ -38,7 +38,7 @@ from .harness import (
 pytestmark = pytest.mark.integration
 
 SEED = 4008
-USERS = 15_000  # ~17 500 events
+USERS = 10_000  # ~11 700 events
 KILL_AFTER = 6.0  # seconds into the stream
 
 QUERIES = {
