@@ -58,6 +58,9 @@ __all__ = ["Pipeline", "batch_token"]
 
 log = logging.getLogger("funnel.worker")
 
+#: Largest dead-letter value sent as is (below the producer's 1 MB request limit).
+DEAD_LETTER_MAX_BYTES = 900_000
+
 
 def batch_token(agent: str, events: Sequence[EventT]) -> str:
     """A deterministic id for a batch: agent plus the offset range per partition."""
@@ -232,17 +235,23 @@ class Pipeline:
         await asyncio.gather(*pending)
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent, source: str) -> Awaitable[Any]:
-        """Send the original bytes to the dead-letter topic with the reason; count it."""
+        """Send the original bytes to the dead-letter topic with the reason; count it.
+
+        A payload larger than one producer request (about 1 MB) cannot be sent
+        again: its first DEAD_LETTER_MAX_BYTES go, with a ``truncated`` header
+        giving the original size, rather than stopping the worker.
+        """
         self.metrics.invalid_events.labels(exc.reason).inc()
-        return await self.dead_letter.send(
-            key=msg.key,
-            value=msg.value or b"",
-            headers=[
-                ("reason", exc.reason.encode()),
-                ("detail", exc.detail[:1000].encode()),
-                ("source", source.encode()),
-            ],
-        )
+        value = msg.value or b""
+        headers = [
+            ("reason", exc.reason.encode()),
+            ("detail", exc.detail[:1000].encode()),
+            ("source", source.encode()),
+        ]
+        if len(value) > DEAD_LETTER_MAX_BYTES:
+            headers.append(("truncated", str(len(value)).encode()))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        return await self.dead_letter.send(key=msg.key, value=value, headers=headers)
 
     async def _spend_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         now_ms = int(time.time() * 1000)

@@ -576,6 +576,7 @@ def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress
     def cpu() -> dict[str, float]:
         return {name: cpu_seconds(pid) for name, pid in pids.items()}
     rows, last_change = -1.0, time.monotonic()
+    worker.wait_metrics()
     while True:
         worker.check_alive()
         text = worker.metrics()
@@ -1334,7 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
         return _naive_child(json.loads(args.naive_child))
     try:
         report = run(args)
-    except (ValueError, RuntimeError, TimeoutError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:  # TimeoutError and URLError are OSErrors
         print(f"funnel bench: {exc}", file=sys.stderr)
         return 1
     m = report.machine

@@ -28,7 +28,7 @@ from .harness import (
 pytestmark = pytest.mark.integration
 
 SEED = 4002
-USERS = 4_000  # ~4 700 events, each sent twice
+USERS = 3_000  # ~3 500 events, each sent twice
 
 
 def test_every_event_twice_then_a_second_pass_changes_nothing(

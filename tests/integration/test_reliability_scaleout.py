@@ -38,7 +38,7 @@ from .harness import (
 pytestmark = pytest.mark.integration
 
 SEED = 4008
-USERS = 10_000  # ~11 700 events
+USERS = 8_000  # ~9 300 events
 KILL_AFTER = 6.0  # seconds into the stream
 
 QUERIES = {

@@ -230,3 +230,17 @@ def test_spend_reports_give_cost_per_acquisition(worker: Worker) -> None:
     assert worker.metric_sum("funnel_spend_total", channel="ads", currency="EUR") == 200
     assert worker.metric_sum("funnel_customers_total", channel="ads") == 4
     assert worker.metric_sum("funnel_invalid_events_total", reason="invalid_amount") == 1
+
+
+def test_oversized_message_is_dead_lettered_truncated_and_the_worker_goes_on(worker: Worker) -> None:
+    prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+    bootstrap = worker.env["FUNNEL_KAFKA_URL"].removeprefix("kafka://")
+    huge = b'{"x": "' + b"a" * 950_000 + b'"}'
+    produce(bootstrap, [(f"{prefix}visit", None, huge),
+                        (f"{prefix}visit", b"ok", event("visit", "ok", _t0())[2])])
+    wait_until(lambda: worker.scalar("SELECT count() FROM funnel.stage_entries FINAL") == 1, 60,
+               "the valid visit after the huge message")
+    (record,) = consume_all(bootstrap, f"{prefix}dead-letter", 1)
+    headers = dict(record.headers)
+    assert headers["reason"] == b"too_large" and headers["truncated"] == str(len(huge)).encode()
+    assert record.value == huge[:900_000]
