@@ -19,11 +19,18 @@ traffic (so producing is not measured) and measures, against the same topics:
    synthetic events in chDB (best of 3).
 
 It prints ``name: value unit`` lines, the ratios pipeline/ceiling and
-pipeline/naive, and ``--json FILE`` writes them with the machine and the
-sizes. It asserts nothing about speed: BENCHMARKS.md records the figures.
-The default is a quick run (about a minute); ``--full`` is the issue's sizes
-(about ten minutes). Other processes on the machine make numbers noisy: read
-the ratios against the ceiling measured in the same run.
+pipeline/naive (and pipeline/core), and ``--json FILE`` writes them with the
+machine, the sizes and per-stage details (CPU split, startup, counts checked
+against the traffic's ground truth). It asserts nothing about speed:
+BENCHMARKS.md records the figures. The default is a quick run (about a
+minute); ``--full`` uses the issue's sizes, which take about ten minutes once
+the pipeline meets its targets (today the 1M-user memory runs alone take
+half an hour). Other processes on the machine make numbers noisy: read the
+ratios against the ceiling measured in the same run.
+
+``--worker-env NAME=VALUE`` and ``--worker-module`` run the same stages
+against a tuned or prototype worker, which is how BENCHMARKS.md measures a
+change before it is made; ``--profile DIR`` records each worker with py-spy.
 """
 
 from __future__ import annotations
@@ -78,7 +85,7 @@ SESSION_TIMEOUT = 6.0
 # -- sizes ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sizes:
-    """How much each stage does. ``quick`` fits in about a minute, ``full`` in about ten."""
+    """How much each stage does: ``QUICK`` (the default, about a minute) or ``FULL`` (the issue's sizes)."""
 
     events: int  # distinct realistic events pre-produced for ceiling, naive and pipeline
     naive_events: int  # messages the naive agent processes (it is slow)
@@ -953,10 +960,21 @@ def stage_memory(ctx: Context, stores: Sequence[str]) -> None:
                 ctx.report.details[f"memory_{store}"] = {
                     "users": users, "rss_bytes": rss["VmRSS"], "peak_bytes": rss.get("VmHWM"),
                     "entries_in_clickhouse": worker.sql("SELECT count() FROM funnel.stage_entries")[0][0],
+                    # The embedded engine lives in the worker: what it accounts for of the RSS.
+                    "chdb_tracked_bytes": _chdb_memory(worker),
                 }
     finally:
         for worker in workers.values():
             worker.stop()
+
+
+def _chdb_memory(worker: WorkerProcess) -> int | None:
+    """Memory the worker's chDB engine tracks (its share of the worker's RSS), if it says."""
+    try:
+        rows = worker.sql("SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'")
+    except (OSError, RuntimeError):
+        return None
+    return int(rows[0][0]) if rows else None
 
 
 class _Msg(NamedTuple):
@@ -1181,10 +1199,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="funnel bench",
         description="Measure the pipeline on the embedded broker and chDB: raw consume ceiling, naive "
-        "Faust baseline, the real worker end to end, freshness at a fixed load, worker memory per "
-        "tracked user, and funnel SQL times. Prints `name: value unit` lines and the ratios "
-        "pipeline/ceiling and pipeline/naive; asserts nothing about speed. The default sizes run "
-        "in about a minute; --full uses the issue's sizes (about ten minutes).",
+        "Faust baseline, the agents' own code without Kafka or Faust (core), the real worker end to "
+        "end, freshness at a fixed load, worker memory per tracked user, and funnel SQL times. Prints "
+        "`name: value unit` lines and the ratios pipeline/ceiling, pipeline/naive and pipeline/core; "
+        "asserts nothing about speed. The default sizes run "
+        "in about a minute; --full uses the issue's sizes (ten minutes at the target speeds, longer today: "
+        "the 1M-user memory runs dominate).",
     )
     p.add_argument("--full", action="store_true",
                    help="the issue's sizes: 200k events, 50k naive, 10k events/s for 60s, 1M users, "
