@@ -84,8 +84,11 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
     wait_until(lambda: worker.metric_sum("funnel_invalid_events_total") >= len(MALFORMED), 60,
                "malformed messages dead-lettered")
     total_rows = sum(COUNTS) + 1
+    # The window agent writes on its own flush cadence, after ingest and journey:
+    # wait for the last stage's membership rows, not merely for some rows.
     wait_until(lambda: worker.scalar("SELECT count() FROM funnel.events FINAL") == total_rows
-               and worker.scalar("SELECT count() FROM funnel.stage_counts_final") > 0,
+               and worker.scalar("SELECT sum(users) FROM funnel.stage_counts_final "
+                                 "WHERE stage = 'purchase'") == 2 * COUNTS[-1],
                60, "rows in ClickHouse")
 
     # --- ClickHouse: entries, transitions, conversion -----------------------------------
