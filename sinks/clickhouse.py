@@ -143,9 +143,9 @@ def parse_clickhouse_url(url: str, default_database: str = "funnel") -> ClickHou
 def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
     """A client for ``target``; a ``readonly`` one cannot write or change tables.
 
-    (readonly=2: no writes or DDL, but the driver may still set query settings.)
+    (readonly=1: no writes, DDL, setting changes or table functions.)
     """
-    settings: dict[str, Any] = {"readonly": 2} if readonly else {}
+    settings: dict[str, Any] = {"readonly": 1} if readonly else {}
     if target.interface == "chdb":
         Path(target.path).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", settings=settings)

@@ -33,10 +33,3 @@ SELECT funnel, from_stage, to_stage, count() AS transitions,
 FROM {database}.transitions FINAL
 GROUP BY funnel, from_stage, to_stage;
 
--- Revenue per funnel, attributed channel and currency (each event_id once).
-CREATE OR REPLACE VIEW {database}.revenue_by_channel AS
-SELECT funnel, attributed_channel AS channel, currency,
-       count() AS orders, sum(amount) AS revenue, avg(amount) AS average_order_value
-FROM {database}.events FINAL
-WHERE event_type = 'purchase'
-GROUP BY funnel, channel, currency;

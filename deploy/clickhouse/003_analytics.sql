@@ -16,6 +16,34 @@ CREATE TABLE IF NOT EXISTS {database}.funnel_stages
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (funnel, stage);
 
+-- Purchases (each event_id once) under the user's attribution as it is now.
+-- An event row keeps the channel and campaign attributed when it was
+-- processed; in a first-touch funnel an earlier touch that arrives later (out
+-- of order, late) moves the first touch, and the journey re-writes the user's
+-- entries under it, so a first-touch purchase takes the channel and campaign
+-- of the user's entries. Last-touch purchases keep their own.
+CREATE OR REPLACE VIEW {database}.purchases AS
+SELECT p.funnel AS funnel, p.event_id AS event_id, p.user_id AS user_id, p.ts AS ts,
+       if(f.attribution = 'first_touch' AND u.channel != '', u.channel, p.attributed_channel)
+           AS attributed_channel,
+       if(f.attribution = 'first_touch' AND u.channel != '', u.campaign, p.campaign) AS campaign,
+       p.product AS product, p.region AS region, p.manager AS manager, p.amount AS amount,
+       p.currency AS currency, p.order_id AS order_id, p.customer AS customer
+FROM (SELECT * FROM {database}.events FINAL WHERE event_type = 'purchase') AS p
+LEFT JOIN (SELECT funnel, any(attribution) AS attribution FROM {database}.funnel_stages FINAL
+           GROUP BY funnel) AS f
+    ON f.funnel = p.funnel
+LEFT JOIN (SELECT funnel, user_id, argMax(channel, ts) AS channel, argMax(campaign, ts) AS campaign
+           FROM {database}.stage_entries FINAL GROUP BY funnel, user_id) AS u
+    ON u.funnel = p.funnel AND u.user_id = p.user_id;
+
+-- Revenue per funnel, attributed channel and currency (each event_id once).
+CREATE OR REPLACE VIEW {database}.revenue_by_channel AS
+SELECT funnel, attributed_channel AS channel, currency,
+       count() AS orders, sum(amount) AS revenue, avg(amount) AS average_order_value
+FROM {database}.purchases
+GROUP BY funnel, channel, currency;
+
 -- Cohort conversion: of the users who entered from_stage on cohort_day, how
 -- many reached to_stage within the funnel's conversion window (converted),
 -- how many ran out of it without (timed_out: closed lost), and how many are
@@ -64,8 +92,8 @@ CREATE OR REPLACE VIEW {database}.revenue_by_customer AS
 SELECT funnel, attributed_channel AS channel, currency, customer,
        count() AS orders, sum(amount) AS revenue, avg(amount) AS average_order_value,
        uniqExact(user_id) AS customers
-FROM {database}.events FINAL
-WHERE event_type = 'purchase' AND funnel != ''
+FROM {database}.purchases
+WHERE funnel != ''
 GROUP BY funnel, channel, currency, customer;
 
 -- Customer value: revenue per paying customer, per funnel, channel and currency.
@@ -73,8 +101,8 @@ CREATE OR REPLACE VIEW {database}.customer_value_by_channel AS
 SELECT funnel, attributed_channel AS channel, currency,
        uniqExact(user_id) AS customers, sum(amount) AS revenue,
        revenue / customers AS revenue_per_customer
-FROM {database}.events FINAL
-WHERE event_type = 'purchase' AND funnel != ''
+FROM {database}.purchases
+WHERE funnel != ''
 GROUP BY funnel, channel, currency;
 
 -- Leads to chase: users whose furthest stage is not the last one, with the
@@ -166,7 +194,7 @@ FROM (SELECT channel, currency, sum(amount) AS spend, min(period_start) AS first
              max(period_end) AS last_end
       FROM {database}.spend FINAL GROUP BY channel, currency) AS s
 LEFT JOIN (SELECT funnel, attributed_channel AS channel, currency, ts, customer, amount
-           FROM {database}.events FINAL
-           WHERE event_type = 'purchase' AND funnel != '') AS p
+           FROM {database}.purchases
+           WHERE funnel != '') AS p
     ON p.channel = s.channel AND p.currency = s.currency
 GROUP BY funnel, channel, currency;

@@ -21,14 +21,14 @@ from streams.windows import TRANSITION, WindowAggregator
 
 def load_events(
     client: Client, database: str, events: Iterable[NormalizedEvent], funnels: FunnelsConfig,
-    window_seconds: int = 60,
+    window_seconds: int = 60, *, arrival_order: bool = False,
 ) -> dict[str, UserState]:
-    """Apply ``events`` in event-time order, write every table; return the user states."""
+    """Apply ``events`` in event-time order (or as given), write every table; return the user states."""
     by_name, routes = funnels.by_name, routes_for(funnels.funnels)
     states: dict[str, UserState] = {}
     rows: dict[str, list[Any]] = {t: [] for t in ("events", "stage_entries", "transitions")}
     windows = WindowAggregator(window_seconds)
-    for e in sorted(events, key=lambda x: x["ts"]):
+    for e in (events if arrival_order else sorted(events, key=lambda x: x["ts"])):
         state = states.setdefault(e["user_id"], {})
         for funnel in route(e, by_name, routes):
             result = apply_event(state, e, funnel)

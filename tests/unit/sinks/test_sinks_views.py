@@ -106,6 +106,28 @@ def test_one_event_feeds_every_funnel_with_its_stage(chdb_client: Client, ch_dat
                  "GROUP BY funnel ORDER BY funnel") == [("default", "10"), ("webinar", "10")]
 
 
+def test_revenue_follows_a_first_touch_that_arrived_late(chdb_client: Client, ch_database: str,
+                                                         make_event: MakeEvent) -> None:
+    """A purchase processed before the user's earlier visit: first touch moves, last touch does not."""
+    stages = ("visit", "purchase")
+    config = FunnelsConfig(funnels=(
+        FunnelDefinition(name="first", stages=stages),
+        FunnelDefinition(name="last", stages=stages, attribution="last_touch"),
+    ))
+    events = [
+        make_event("purchase", "u1", at=600, funnel=None, channel="email", campaign="spring",
+                   amount="30", currency="EUR"),
+        make_event("visit", "u1", at=0, funnel=None, channel="seo", campaign="launch"),
+    ]
+    load_events(chdb_client, ch_database, events, config, arrival_order=True)
+    assert query(chdb_client, ch_database,
+                 "SELECT funnel, channel, toString(revenue) FROM funnel.revenue_by_channel "
+                 "ORDER BY funnel") == [("first", "seo", "30"), ("last", "email", "30")]
+    assert query(chdb_client, ch_database,
+                 "SELECT funnel, attributed_channel, campaign FROM funnel.purchases ORDER BY funnel"
+                 ) == [("first", "seo", "launch"), ("last", "email", "spring")]
+
+
 def test_cohort_and_closed_conversion_respect_the_window(chdb_client: Client, ch_database: str,
                                                          make_event: MakeEvent) -> None:
     short = FunnelDefinition(name="short", stages=("visit", "signup"), conversion_window_days=1)
