@@ -48,6 +48,7 @@ from streams.journey import (
     window_ms,
 )
 from streams.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
+from streams.offsets import FunnelApp
 from streams.rows import change_message, dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
@@ -71,6 +72,30 @@ def batch_token(agent: str, events: Sequence[EventT]) -> str:
         r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
     spec = ";".join(f"{t}/{p}/{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
+
+
+class JourneyTable(faust.Table):
+    """A Faust table whose changelog records can be awaited.
+
+    ``table[key] = value`` hands the changelog record to Faust's producer
+    buffer and forgets it; Faust's own flush gives up after 0.1 s. The journey
+    agent awaits :meth:`changelog_delivered` before it acknowledges a batch, so
+    a restart never recovers journeys without changes whose offsets are committed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[Awaitable[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(fut)
+        return fut
+
+    async def changelog_delivered(self) -> None:
+        """Wait until every changelog record sent so far is acknowledged by the broker."""
+        pending, self._unconfirmed = self._unconfirmed, []
+        await asyncio.gather(*pending)
 
 
 def _view(handler: Any) -> Any:
@@ -143,7 +168,7 @@ class Pipeline:
     # -- wiring ---------------------------------------------------------------
     def _build_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
+        app = FunnelApp(
             s.app_id,
             broker=[f"kafka://{h}" for h in split_brokers(s.kafka_url or "")],
             store=s.store,
@@ -167,11 +192,16 @@ class Pipeline:
         self.stage_changes = app.topic(
             self.names.stage_changes, partitions=s.topic_partitions, schema=raw
         )
-        self.journeys = app.Table(
-            "journeys",
+        # key_type=bytes: the table's store and its changelog recovery decode
+        # keys with the serializer of key_type (json by default), not the schema's.
+        self.journeys = cast(JourneyTable, app.tables.add(JourneyTable(
+            app,
+            name="journeys",
+            key_type=bytes,
+            beacon=app.tables.beacon,
             partitions=s.topic_partitions,
             schema=faust.Schema(key_serializer="raw", value_serializer="json"),
-        )
+        )))
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
         app.agent(self.stage_changes, name="window")(self._window_agent)
@@ -333,6 +363,7 @@ class Pipeline:
         await sink.flush(batch_token("journey", events))
         pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
         await asyncio.gather(*pending)
+        await self.journeys.changelog_delivered()
         self.processed += len(events)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])

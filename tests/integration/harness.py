@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.netutil import free_port
+from streams.offsets import read_end_offsets
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
@@ -293,23 +294,8 @@ def consistency_violations(worker: Worker) -> dict[str, int]:
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer, tps: list[Any]) -> dict[Any, int]:
-    """The next offset of every partition.
-
-    The embedded broker answers ListOffsets(latest) with the base offset of the
-    last record batch plus one, not the offset after its last record, so
-    ``end_offsets()`` alone undercounts. Read the last batch to find the end.
-    """
-    reported = await consumer.end_offsets(tps)
-    ends = dict(reported)
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(reported[tp] - 1, 0))
-    while True:
-        batch = await consumer.getmany(timeout_ms=300)
-        if not batch:
-            return ends
-        for tp, records in batch.items():
-            ends[tp] = max(ends[tp], records[-1].offset + 1)
+    """The next offset of every partition (the embedded broker's ListOffsets undercounts)."""
+    return await read_end_offsets(consumer, tps)
 
 
 def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
