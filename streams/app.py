@@ -52,12 +52,15 @@ from streams.offsets import FunnelApp
 from streams.rows import change_message, dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
-from streams.topics import TopicNames
+from streams.topics import TopicNames, ensure_topics
 from streams.windows import Watermarks, WindowAggregator
 
 __all__ = ["Pipeline", "batch_token"]
 
 log = logging.getLogger("funnel.worker")
+
+#: How often a running worker checks that its topics still exist.
+TOPIC_CHECK_SECONDS = 10.0
 
 #: Largest dead-letter value sent as is (below the producer's 1 MB request limit).
 DEAD_LETTER_MAX_BYTES = 900_000
@@ -163,6 +166,7 @@ class Pipeline:
         self.processed = 0
         self._partitioner = DefaultPartitioner()  # the producer's: finds a key's partition
         self.last_event_ms: int | None = None  # newest event time processed
+        self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
         self.app = self._build_app()
 
     # -- wiring ---------------------------------------------------------------
@@ -461,7 +465,23 @@ class Pipeline:
                         counts.get((funnel.name, stage, temperature), 0)
                     )
 
+    async def _check_topics(self) -> None:
+        """Create topics the broker lost (an embedded, in-memory broker that restarted)."""
+        if time.monotonic() < self._next_topic_check:
+            return
+        self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
+        changelog = self.journeys.changelog_topic.get_topic_name()
+        try:
+            created = await ensure_topics(self.settings, timeout=5.0, extra=[changelog])
+        except Exception as exc:  # the broker may be down right now: the next check retries
+            log.warning("topic check failed: %s", exc)
+            return
+        if created:
+            log.warning("created missing topics %s: the broker lost them (an embedded broker restarted?)",
+                        ", ".join(created))
+
     async def _status(self) -> None:
+        await self._check_topics()
         self._update_stalls()
         processed, self.processed = self.processed, 0
         rate = processed / self.settings.status_interval_seconds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
@@ -41,8 +42,8 @@ class TopicNames:
         return {topic: event_type for event_type, topic in self.events.items()}
 
 
-async def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
-    """Create missing topics; return the names created.
+async def ensure_topics(settings: Settings, timeout: float = 60.0, extra: Sequence[str] = ()) -> list[str]:
+    """Create missing topics (the pipeline's, plus ``extra``); return the names created.
 
     Waits up to ``timeout`` seconds for the brokers (they may still be
     starting). Raises RuntimeError if an existing topic has a different
@@ -50,7 +51,7 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
     """
     if not settings.kafka_url:
         raise RuntimeError("FUNNEL_KAFKA_URL is not set")
-    names = TopicNames(settings).all
+    names = [*TopicNames(settings).all, *extra]
     deadline = asyncio.get_running_loop().time() + timeout
     admin = AIOKafkaAdminClient(bootstrap_servers=split_brokers(settings.kafka_url))
     while True:

@@ -3,8 +3,8 @@
 The broker (memory storage) is stopped and started again on the same port:
 its topics, messages and consumer-group offsets are gone. Producers carry on
 (sending creates their topics again). Nobody touches the worker: it must
-reconnect by itself, store every event sent after the restart, commit its
-offsets again and still stop cleanly.
+reconnect by itself, create the topics the broker lost, store every event
+sent after the restart, commit its offsets again and still stop cleanly.
 """
 
 from __future__ import annotations
@@ -50,5 +50,6 @@ def test_worker_survives_a_broker_restart(pipeline_env: dict[str, str], tmp_path
             print(f"broker restart: new traffic stored {time.monotonic() - restarted:.1f}s after it")
             assert worker.proc.pid == pid and worker.proc.poll() is None
             wait_drained(worker, 60)  # offsets are committed again
+            assert stored_events(worker) == 3 * BATCH
     finally:
         broker.stop()
