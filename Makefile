@@ -20,7 +20,7 @@ test: $(BIN)/.installed
 	TZ=UTC $(BIN)/mypy
 	TZ=UTC $(BIN)/pytest tests
 
-# The long failure-injection tests (crash, outage, redelivery, ...): see issue 4.
+# The failure-injection tests alone (crash, outage, redelivery, ...); `make test` runs them too.
 test-reliability: $(BIN)/.installed
 	TZ=UTC $(BIN)/pytest tests/integration -m reliability
 

@@ -49,7 +49,7 @@ def worker(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The failure-injection tests (test_reliability_*) run by `make test-reliability`."""
+    """Mark the failure-injection tests (test_reliability_*): `make test-reliability` runs them alone."""
     for item in items:
         if item.path.name.startswith("test_reliability_"):
             item.add_marker(pytest.mark.reliability)
