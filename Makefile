@@ -18,7 +18,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	TZ=UTC $(BIN)/ruff check schemas sinks streams tests
 	TZ=UTC $(BIN)/mypy
-	TZ=UTC $(BIN)/pytest tests
+	TZ=UTC $(BIN)/pytest tests/unit tests/integration
 
 # The failure-injection tests alone (crash, outage, redelivery, ...); `make test` runs them too.
 test-reliability: $(BIN)/.installed

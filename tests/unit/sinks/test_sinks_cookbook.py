@@ -43,7 +43,7 @@ USERS: dict[str, tuple[dict[str, str], list[tuple[str, float, str | None]]]] = {
     "g": ({"channel": "email", "campaign": "news", "region": "eu", "product": "pro", "manager": "alice"},
           [("visit", 30, None), ("signup", 29, None), ("webinar", 28, None), ("consultation", 27, None)]),
 }
-NOW_MS = int(time.time() * 1000)
+NOW_MS = int(time.time() * 1000)  # set again when the data set is loaded (the views use now())
 
 
 def _events() -> list[NormalizedEvent]:
@@ -111,6 +111,8 @@ EXPECTED: dict[int, Any] = {
 
 @pytest.fixture(scope="module")
 def cookbook_db(chdb_client: Client) -> Any:
+    global NOW_MS
+    NOW_MS = int(time.time() * 1000)  # not import time: a long run collects this module minutes before
     database = f"cookbook_{NOW_MS}"
     migrate(chdb_client, database=database)
     load_events(chdb_client, database, _events(), FunnelsConfig(funnels=(DEFAULT_FUNNEL,)))
