@@ -1,11 +1,12 @@
-"""The Faust app: topics, the journeys table, the three agents and the web pages.
+"""The Faust app: topics, the journeys table, the agents and the web pages.
 
 Data flow (README, "Data flow"):
 
     funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
-    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions
-                                \\-> funnel.stage-changes --window--> ClickHouse stage_counts
+    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs
+                                   and stage_counts (window memberships, same batch)
+    funnel.spend --spend--> ClickHouse spend
 
 Every agent takes a batch without acknowledging it (``noack_take``), does its
 work, writes its sinks and waits for its produced messages, and only then
@@ -48,7 +49,7 @@ from streams.journey import (
     window_ms,
 )
 from streams.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
-from streams.rows import change_message, dropoff_row, entry_row, event_row, transition_row
+from streams.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
 from streams.topics import TopicNames
@@ -140,7 +141,6 @@ class Pipeline:
         # One thread drives ClickHouse for all agents and the /sql page.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.journey_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
-        self.window_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.spend_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.reader = reader
         self.database = database
@@ -175,9 +175,6 @@ class Pipeline:
         self.source = app.topic(*self.names.events.values(), schema=raw)
         self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
         self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)
-        self.stage_changes = app.topic(
-            self.names.stage_changes, partitions=s.topic_partitions, schema=raw
-        )
         self.journeys = app.Table(
             "journeys",
             partitions=s.topic_partitions,
@@ -191,7 +188,6 @@ class Pipeline:
         app.producer.buffer.max_messages = max(100, 2 * s.batch_max_events)
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
-        app.agent(self.stage_changes, name="window")(self._window_agent)
         self.spend_topic = app.topic(self.names.spend, schema=raw)
         app.agent(self.spend_topic, name="spend")(self._spend_agent)
         app.timer(s.status_interval_seconds)(self._status)
@@ -225,9 +221,6 @@ class Pipeline:
 
     async def _spend_agent(self, stream: StreamT) -> None:
         await self._run_batches("spend", cast(Stream, stream), self._spend_batch)
-
-    async def _window_agent(self, stream: StreamT) -> None:
-        await self._run_batches("window", cast(Stream, stream), self._window_batch)
 
     # -- agents -----------------------------------------------------------------
     async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
@@ -293,7 +286,9 @@ class Pipeline:
         sink = self.journey_sink
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
-        changes: list[tuple[bytes, bytes]] = []
+        # Window memberships of this batch's entries and transitions, written
+        # with its other rows (stage_counts): no topic and agent in between.
+        windows = WindowAggregator(self.settings.window_seconds)
         touched: set[tuple[bytes, str]] = set()
         anchors: dict[Any, EventT] = {}  # partition -> an event of it (routes table access)
         # One user's events come from five topics, so ingest can pass them on
@@ -327,10 +322,10 @@ class Pipeline:
                 sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
                 for entry in result.entries:
                     sink.add("stage_entries", entry_row(entry))
-                    changes.append((key, change_message(entry)))
+                    windows.add_entry(entry)
                 for tr in result.transitions:
                     sink.add("transitions", transition_row(tr))
-                    changes.append((key, change_message(tr)))
+                    windows.add_transition(tr)
                 if result.duplicate:
                     m.duplicate_events.labels(funnel.name).inc()
                     continue
@@ -347,9 +342,8 @@ class Pipeline:
         for key, (state, event) in dirty.items():
             stream._set_current_event(event)
             self.journeys[key] = state
+        sink.extend("stage_counts", list(windows.rows()))
         await sink.flush(batch_token("journey", events))
-        pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
-        await asyncio.gather(*pending)
         self.processed += len(events)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
@@ -428,14 +422,6 @@ class Pipeline:
         if result.customer == "new":
             m.customers.labels(funnel, channel).inc()
 
-    async def _window_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
-        agg = WindowAggregator(self.settings.window_seconds)
-        for event in events:
-            c = orjson.loads(event.message.value or b"{}")
-            agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"], c["v"], c["d"])
-        self.window_sink.extend("stage_counts", list(agg.rows()))
-        await self.window_sink.flush(batch_token("window", events))
-
     # -- periodic and web -----------------------------------------------------------
     def _update_stalls(self) -> None:
         self.stalls.advance(int(time.time() * 1000))
@@ -451,7 +437,7 @@ class Pipeline:
         self._update_stalls()
         processed, self.processed = self.processed, 0
         rate = processed / self.settings.status_interval_seconds
-        pending = self.journey_sink.pending + self.window_sink.pending + self.spend_sink.pending
+        pending = self.journey_sink.pending + self.spend_sink.pending
         lag = web.consumer_lag(self)
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
                  rate, "unknown" if lag is None else lag, pending)
@@ -489,6 +475,6 @@ class Pipeline:
         return web.json({"columns": list(result.column_names), "rows": rows})
 
     def close(self) -> None:
-        for sink in (self.journey_sink, self.window_sink, self.spend_sink):
+        for sink in (self.journey_sink, self.spend_sink):
             sink.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
