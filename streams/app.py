@@ -237,7 +237,7 @@ class Pipeline:
                 pending.append(await self._dead_letter(msg, exc, source))
                 continue
             for name in [f.name for f in self.targets(norm)] or ["none"]:
-                m.events.labels(name, event_type).inc()
+                m.child(m.events, name, event_type).inc()
             pending.append(await self.normalized.send(
                 key=norm["user_id"].encode(), value=orjson.dumps(norm)
             ))
@@ -251,7 +251,7 @@ class Pipeline:
         again: its first DEAD_LETTER_MAX_BYTES go, with a ``truncated`` header
         giving the original size, rather than stopping the worker.
         """
-        self.metrics.invalid_events.labels(exc.reason).inc()
+        self.metrics.child(self.metrics.invalid_events, exc.reason).inc()
         value = msg.value or b""
         headers = [
             ("reason", exc.reason.encode()),
@@ -318,7 +318,8 @@ class Pipeline:
             for funnel in targets:
                 touched.add((key, funnel.name))
                 result = apply_event(state, e, funnel)
-                sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
+                if result.dropoffs:
+                    sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
                 sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
                 for entry in result.entries:
                     sink.add("stage_entries", entry_row(entry))
@@ -327,11 +328,11 @@ class Pipeline:
                     sink.add("transitions", transition_row(tr))
                     windows.add_transition(tr)
                 if result.duplicate:
-                    m.duplicate_events.labels(funnel.name).inc()
+                    m.child(m.duplicate_events, funnel.name).inc()
                     continue
                 m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
                 if late:
-                    m.late_events.labels(funnel.name).inc()
+                    m.child(m.late_events, funnel.name).inc()
                 self._count(funnel.name, e, result)
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
@@ -369,7 +370,7 @@ class Pipeline:
                 if drop is not None:
                     self.journey_sink.add("dropoffs", dropoff_row(drop))
                     if drop.first:
-                        m.dropoffs.labels(funnel.name, drop.stage, m.channel(drop.channel)).inc()
+                        m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)).inc()
 
     def _track(self, touched: set[tuple[bytes, str]], dirty: dict[bytes, tuple[UserState, EventT]],
                anchors: dict[Any, EventT], now_ms: int) -> None:
@@ -412,15 +413,16 @@ class Pipeline:
         channel = m.channel(result.channel)
         for entry in result.entries:
             if entry.new:
-                m.stage_entries.labels(funnel, entry.stage, channel).inc()
+                m.child(m.stage_entries, funnel, entry.stage, channel).inc()
         for tr in result.transitions:
             if tr.first:  # a correction is not a new conversion
-                m.transitions.labels(funnel, tr.from_stage, tr.to_stage, channel).inc()
-                m.transition_duration.labels(funnel, tr.from_stage, tr.to_stage).observe(tr.seconds)
+                m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel).inc()
+                m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage).observe(
+                    tr.seconds)
         if e["amount"] is not None:
-            m.revenue.labels(funnel, channel, e["currency"]).inc(float(e["amount"]))
+            m.child(m.revenue, funnel, channel, e["currency"] or "").inc(float(e["amount"]))
         if result.customer == "new":
-            m.customers.labels(funnel, channel).inc()
+            m.child(m.customers, funnel, channel).inc()
 
     # -- periodic and web -----------------------------------------------------------
     def _update_stalls(self) -> None:
