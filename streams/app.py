@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
 from streams import web
+from streams.consumer import EagerConsumer
 from streams.journey import (
     JourneyResult,
     UserState,
@@ -186,6 +187,7 @@ class Pipeline:
         # once, so allow two batches: the buffer stays bounded, and offsets are
         # still committed only after Faust flushed it.
         app.producer.buffer.max_messages = max(100, 2 * s.batch_max_events)
+        app.transport.Consumer = EagerConsumer  # type: ignore[misc]  # Faust's, cheaper per message
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
         self.spend_topic = app.topic(self.names.spend, schema=raw)
