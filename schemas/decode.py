@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Collection
+import re
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -21,6 +22,16 @@ from pydantic import ValidationError
 from schemas.events import EVENT_MODELS, FunnelEvent, PurchaseEvent, SignupEvent
 from schemas.exceptions import InvalidEvent
 from schemas.spend import SpendReport
+
+# orjson parses a message about four times faster than json. It is optional:
+# producers can use schemas with pydantic alone, and decode the same way.
+_fast_loads: Callable[[bytes], Any] | None
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency of the pipeline
+    _fast_loads = None
+else:
+    _fast_loads = orjson.loads
 
 __all__ = ["NORMALIZED_KEYS", "REASONS", "Decoder", "NormalizedEvent", "hash_email"]
 
@@ -90,6 +101,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
+#: A run of 19 digits: an integer literal this long may lie beyond 64 bits,
+#: which orjson would read as a float where json keeps the exact integer.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _ms(value: datetime) -> int:
     # Integer arithmetic: timestamp() * 1000 is a float and loses a
     # millisecond for some times (e.g. 2004-06-30T12:59:19.396Z).
@@ -156,6 +172,19 @@ class Decoder:
             raise InvalidEvent("empty", "message has no value")
         if len(raw) > self.max_bytes:
             raise InvalidEvent("too_large", f"{len(raw)} bytes > limit {self.max_bytes}")
+        # The fast path must give exactly what json gives. orjson refuses what
+        # json accepts beyond the JSON standard (NaN, Infinity, numbers beyond
+        # the float range, lone surrogates) and reads integers beyond 64 bits
+        # as floats: those messages, and every invalid one, take json's path,
+        # which also names the reason.
+        if _fast_loads is not None and _LONG_DIGITS.search(raw) is None:
+            try:
+                data = _fast_loads(raw)
+            except ValueError:
+                pass
+            else:
+                if isinstance(data, dict):
+                    return data
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -11,8 +11,10 @@ e-mail or free text.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from schemas import REASONS, FunnelDefinition
 
@@ -80,6 +82,7 @@ class FunnelMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.channel = ChannelBounder(channels)
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
         r = self.registry
         self.events = Counter(
             "funnel_events", "Valid events consumed.", ["funnel", "event_type"], registry=r
@@ -177,6 +180,19 @@ class FunnelMetrics:
             buckets=EVENT_LAG_BUCKETS,
             registry=r,
         )
+
+    def child(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: the hot path counts several times per event.
+
+        ``labels()`` checks and looks up the values under a lock each time
+        (about 1.5 us); a cached child costs a dict lookup. Label values are
+        bounded (configuration, allow-lists), so the cache is too.
+        """
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def declare(self, funnels: Iterable[FunnelDefinition]) -> None:
         """Export every bounded label set at zero before the first event.

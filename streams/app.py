@@ -1,11 +1,12 @@
-"""The Faust app: topics, the journeys table, the three agents and the web pages.
+"""The Faust app: topics, the journeys table, the agents and the web pages.
 
 Data flow (README, "Data flow"):
 
     funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
-    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions
-                                \\-> funnel.stage-changes --window--> ClickHouse stage_counts
+    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs
+                                   and stage_counts (window memberships, same batch)
+    funnel.spend --spend--> ClickHouse spend
 
 Every agent takes a batch without acknowledging it (``noack_take``), does its
 work, writes its sinks and waits for its produced messages, and only then
@@ -49,7 +50,7 @@ from streams.journey import (
 )
 from streams.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
 from streams.offsets import FunnelApp
-from streams.rows import change_message, dropoff_row, entry_row, event_row, transition_row
+from streams.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
 from streams.topics import TopicNames, ensure_topics
@@ -64,6 +65,15 @@ TOPIC_CHECK_SECONDS = 10.0
 
 #: Largest dead-letter value sent as is (below the producer's 1 MB request limit).
 DEAD_LETTER_MAX_BYTES = 900_000
+
+#: Producer batching. With Faust's defaults (no linger, 16 KiB batches) nearly
+#: every produced message was its own produce request; waiting up to 20 ms
+#: lets a batch's messages share requests (BENCHMARKS.md: -20-35 % worker CPU
+#: per event, -85 % broker CPU). Agents wait for their messages once per
+#: batch, so the linger adds at most 20 ms per batch, not per message. Faust's
+#: own PRODUCER_LINGER / PRODUCER_MAX_BATCH_SIZE variables still override them.
+PRODUCER_LINGER_SECONDS = 0.02
+PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 
 
 def batch_token(agent: str, events: Sequence[EventT]) -> str:
@@ -159,7 +169,6 @@ class Pipeline:
         # One thread drives ClickHouse for all agents and the /sql page.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.journey_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
-        self.window_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.spend_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.reader = reader
         self.database = database
@@ -185,6 +194,8 @@ class Pipeline:
             web_port=s.web_port,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
+            producer_linger=PRODUCER_LINGER_SECONDS,
+            producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
             broker_session_timeout=s.kafka_session_timeout_seconds,
             broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
             autodiscover=False,
@@ -193,9 +204,6 @@ class Pipeline:
         self.source = app.topic(*self.names.events.values(), schema=raw)
         self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
         self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)
-        self.stage_changes = app.topic(
-            self.names.stage_changes, partitions=s.topic_partitions, schema=raw
-        )
         # key_type=bytes: the table's store and its changelog recovery decode
         # keys with the serializer of key_type (json by default), not the schema's.
         self.journeys = cast(JourneyTable, app.tables.add(JourneyTable(
@@ -206,9 +214,14 @@ class Pipeline:
             partitions=s.topic_partitions,
             schema=faust.Schema(key_serializer="raw", value_serializer="json"),
         )))
+        # Faust stops every stream while more than ``max_messages`` (100) table
+        # changelog records wait to be produced, flushing them 100 at a time.
+        # The journey agent writes up to one record per event of a batch at
+        # once, so allow two batches: the buffer stays bounded, and the agent
+        # awaits its batch's records before it acknowledges the batch.
+        app.producer.buffer.max_messages = max(100, 2 * s.batch_max_events)
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
-        app.agent(self.stage_changes, name="window")(self._window_agent)
         self.spend_topic = app.topic(self.names.spend, schema=raw)
         app.agent(self.spend_topic, name="spend")(self._spend_agent)
         app.timer(s.status_interval_seconds)(self._status)
@@ -243,9 +256,6 @@ class Pipeline:
     async def _spend_agent(self, stream: StreamT) -> None:
         await self._run_batches("spend", cast(Stream, stream), self._spend_batch)
 
-    async def _window_agent(self, stream: StreamT) -> None:
-        await self._run_batches("window", cast(Stream, stream), self._window_batch)
-
     # -- agents -----------------------------------------------------------------
     async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         now_ms = int(time.time() * 1000)
@@ -261,7 +271,7 @@ class Pipeline:
                 pending.append(await self._dead_letter(msg, exc, source))
                 continue
             for name in [f.name for f in self.targets(norm)] or ["none"]:
-                m.events.labels(name, event_type).inc()
+                m.child(m.events, name, event_type).inc()
             pending.append(await self.normalized.send(
                 key=norm["user_id"].encode(), value=orjson.dumps(norm)
             ))
@@ -275,7 +285,7 @@ class Pipeline:
         again: its first DEAD_LETTER_MAX_BYTES go, with a ``truncated`` header
         giving the original size, rather than stopping the worker.
         """
-        self.metrics.invalid_events.labels(exc.reason).inc()
+        self.metrics.child(self.metrics.invalid_events, exc.reason).inc()
         value = msg.value or b""
         headers = [
             ("reason", exc.reason.encode()),
@@ -310,7 +320,9 @@ class Pipeline:
         sink = self.journey_sink
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
-        changes: list[tuple[bytes, bytes]] = []
+        # Window memberships of this batch's entries and transitions, written
+        # with its other rows (stage_counts): no topic and agent in between.
+        windows = WindowAggregator(self.settings.window_seconds)
         touched: set[tuple[bytes, str]] = set()
         anchors: dict[Any, EventT] = {}  # partition -> an event of it (routes table access)
         # One user's events come from five topics, so ingest can pass them on
@@ -340,20 +352,21 @@ class Pipeline:
             for funnel in targets:
                 touched.add((key, funnel.name))
                 result = apply_event(state, e, funnel)
-                sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
+                if result.dropoffs:
+                    sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
                 sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
                 for entry in result.entries:
                     sink.add("stage_entries", entry_row(entry))
-                    changes.append((key, change_message(entry)))
+                    windows.add_entry(entry)
                 for tr in result.transitions:
                     sink.add("transitions", transition_row(tr))
-                    changes.append((key, change_message(tr)))
+                    windows.add_transition(tr)
                 if result.duplicate:
-                    m.duplicate_events.labels(funnel.name).inc()
+                    m.child(m.duplicate_events, funnel.name).inc()
                     continue
                 m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
                 if late:
-                    m.late_events.labels(funnel.name).inc()
+                    m.child(m.late_events, funnel.name).inc()
                 self._count(funnel.name, e, result)
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
@@ -364,9 +377,8 @@ class Pipeline:
         for key, (state, event) in dirty.items():
             stream._set_current_event(event)
             self.journeys[key] = state
+        sink.extend("stage_counts", list(windows.rows()))
         await sink.flush(batch_token("journey", events))
-        pending = [await self.stage_changes.send(key=k, value=v) for k, v in changes]
-        await asyncio.gather(*pending)
         await self.journeys.changelog_delivered()
         self.processed += len(events)
         if decoded:  # sorted by event time
@@ -393,7 +405,7 @@ class Pipeline:
                 if drop is not None:
                     self.journey_sink.add("dropoffs", dropoff_row(drop))
                     if drop.first:
-                        m.dropoffs.labels(funnel.name, drop.stage, m.channel(drop.channel)).inc()
+                        m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)).inc()
 
     def _track(self, touched: set[tuple[bytes, str]], dirty: dict[bytes, tuple[UserState, EventT]],
                anchors: dict[Any, EventT], now_ms: int) -> None:
@@ -436,23 +448,16 @@ class Pipeline:
         channel = m.channel(result.channel)
         for entry in result.entries:
             if entry.new:
-                m.stage_entries.labels(funnel, entry.stage, channel).inc()
+                m.child(m.stage_entries, funnel, entry.stage, channel).inc()
         for tr in result.transitions:
             if tr.first:  # a correction is not a new conversion
-                m.transitions.labels(funnel, tr.from_stage, tr.to_stage, channel).inc()
-                m.transition_duration.labels(funnel, tr.from_stage, tr.to_stage).observe(tr.seconds)
+                m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel).inc()
+                m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage).observe(
+                    tr.seconds)
         if e["amount"] is not None:
-            m.revenue.labels(funnel, channel, e["currency"]).inc(float(e["amount"]))
+            m.child(m.revenue, funnel, channel, e["currency"] or "").inc(float(e["amount"]))
         if result.customer == "new":
-            m.customers.labels(funnel, channel).inc()
-
-    async def _window_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
-        agg = WindowAggregator(self.settings.window_seconds)
-        for event in events:
-            c = orjson.loads(event.message.value or b"{}")
-            agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"], c["v"], c["d"])
-        self.window_sink.extend("stage_counts", list(agg.rows()))
-        await self.window_sink.flush(batch_token("window", events))
+            m.child(m.customers, funnel, channel).inc()
 
     # -- periodic and web -----------------------------------------------------------
     def _update_stalls(self) -> None:
@@ -485,7 +490,7 @@ class Pipeline:
         self._update_stalls()
         processed, self.processed = self.processed, 0
         rate = processed / self.settings.status_interval_seconds
-        pending = self.journey_sink.pending + self.window_sink.pending + self.spend_sink.pending
+        pending = self.journey_sink.pending + self.spend_sink.pending
         lag = web.consumer_lag(self)
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
                  rate, "unknown" if lag is None else lag, pending)
@@ -523,6 +528,6 @@ class Pipeline:
         return web.json({"columns": list(result.column_names), "rows": rows})
 
     def close(self) -> None:
-        for sink in (self.journey_sink, self.window_sink, self.spend_sink):
+        for sink in (self.journey_sink, self.spend_sink):
             sink.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)

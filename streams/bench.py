@@ -7,7 +7,7 @@ traffic (so producing is not measured) and measures, against the same topics:
    client allow);
 2. ``naive``     a Faust agent taking one event at a time, doing the same
    validation and per-user journey work on a table (the baseline);
-   ``core``      the worker's own batch code (ingest, journey, window agents'
+   ``core``      the worker's own batch code (the ingest and journey agents'
    bodies, chDB sinks and metrics) called directly, without Kafka or Faust: the
    most the pipeline could do if moving messages cost nothing;
 3. ``pipeline``  the real worker (``python -m streams.cli worker``, chDB, every
@@ -570,7 +570,7 @@ def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress
 
     The last row is visible when the sink row counter last moved: an insert is
     queryable in chDB when it returns, and the counter moves right after.
-    ``settle`` seconds without a change (the window agent waits up to a second
+    ``settle`` seconds without a change (an agent waits up to a second
     to fill a batch) and nothing pending mean the pipeline is done. Each poll
     costs the worker a few milliseconds: ``every`` keeps that near 2 %.
     """
@@ -1041,8 +1041,8 @@ def stage_core(ctx: Context) -> None:
     migrate(client, "bench_core")
     pipeline = Pipeline(settings, load_funnels(None), clickhouse=client, database="bench_core",
                         registry=CollectorRegistry())
-    table, normalized, changes = _Table(), _Capture(), _Capture()
-    pipeline.journeys, pipeline.normalized, pipeline.stage_changes = table, normalized, changes  # type: ignore[assignment]
+    table, normalized = _Table(), _Capture()
+    pipeline.journeys, pipeline.normalized = table, normalized  # type: ignore[assignment]
     pipeline.dead_letter = _Capture()  # type: ignore[assignment]
     partitioner, partitions = DefaultPartitioner(), list(range(PARTITIONS))
 
@@ -1058,7 +1058,7 @@ def stage_core(ctx: Context) -> None:
     source = events("", [])
     for m in ctx.messages:
         source.extend(events(topics[m.event_type], [(m.key, m.value(base + m.offset_ms))] * m.copies))
-    seconds = {"ingest": 0.0, "journey": 0.0, "window": 0.0}
+    seconds = {"ingest": 0.0, "journey": 0.0}
 
     async def run() -> None:
         stream, size = _Stream(), settings.batch_max_events
@@ -1070,10 +1070,6 @@ def stage_core(ctx: Context) -> None:
             began = time.perf_counter()
             await pipeline._journey_batch(stream, batch)  # type: ignore[arg-type]
             seconds["journey"] += time.perf_counter() - began
-            batch, changes.sent = events(pipeline.names.stage_changes, changes.sent), []
-            began = time.perf_counter()
-            await pipeline._window_batch(stream, batch)  # type: ignore[arg-type]
-            seconds["window"] += time.perf_counter() - began
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")
 
     try:

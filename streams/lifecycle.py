@@ -80,7 +80,8 @@ class StallTracker:
     def _level(self, last: int, now: int) -> int:
         """0 active, 1 hot, 2 warm, 3 cold."""
         idle = now - last
-        return sum(idle >= t for t in self.thresholds)
+        hot, warm, cold = self.thresholds  # ascending (checked in __init__)
+        return 0 if idle < hot else 1 if idle < warm else 2 if idle < cold else 3
 
     def update(self, key: bytes, funnel: str, stage: str | None, last: int, now: int) -> None:
         """The user's furthest stage is now ``stage`` (None: finished), last progress ``last``."""

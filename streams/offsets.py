@@ -10,7 +10,8 @@ first record): at most one batch per partition.
 Faust's table recovery reads each changelog partition up to ``end_offsets()``;
 with the embedded broker it stopped inside the last batch and a restarted
 worker lost the journeys of the users written there. :class:`FunnelApp`
-gives Faust the corrected ends.
+gives Faust the corrected ends, and the cheaper per-message consumer of
+:mod:`streams.consumer`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.consumer import EagerConsumer
 
 __all__ = ["FunnelApp", "end_offsets", "read_end_offsets"]
 
@@ -74,7 +77,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class _Consumer(EagerConsumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

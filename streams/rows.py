@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import orjson
-
 from schemas import NormalizedEvent
 from streams.journey import Dropoff, StageEntry, Transition
 
-__all__ = ["change_message", "dropoff_row", "entry_row", "event_row", "transition_row"]
+__all__ = ["dropoff_row", "entry_row", "event_row", "transition_row"]
 
 
 def _prop(value: Any) -> str:
@@ -44,14 +42,3 @@ def dropoff_row(x: Dropoff) -> tuple[Any, ...]:
     return (x.funnel, x.stage, x.stage_index, x.user_id, x.entered_ts, x.dropped_ts, x.channel,
             x.version, int(x.deleted))
 
-
-def change_message(x: StageEntry | Transition) -> bytes:
-    """The stage-changes topic record the window agent reads (compact keys)."""
-    body: dict[str, Any]
-    if isinstance(x, Transition):
-        body = {"k": "transition", "fs": x.from_stage, "s": x.to_stage, "v": x.version,
-                "d": x.deleted}
-    else:
-        body = {"k": "entry", "fs": "", "s": x.stage, "v": 1, "d": False}
-    body.update({"f": x.funnel, "c": x.channel, "u": x.user_id, "ts": x.ts})
-    return orjson.dumps(body)

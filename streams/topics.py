@@ -30,13 +30,11 @@ class TopicNames:
         self.events = {t: settings.topic(t) for t in EVENT_TYPES}
         self.dead_letter = settings.topic("dead-letter")
         self.normalized = settings.topic("normalized")
-        self.stage_changes = settings.topic("stage-changes")
         self.spend = settings.topic("spend")
 
     @property
     def all(self) -> list[str]:
-        return [*self.events.values(), self.spend, self.dead_letter, self.normalized,
-                self.stage_changes]
+        return [*self.events.values(), self.spend, self.dead_letter, self.normalized]
 
     def event_type_of(self) -> dict[str, str]:
         return {topic: event_type for event_type, topic in self.events.items()}

@@ -11,6 +11,10 @@ ReplacingMergeTree. A replay rewrites the same row, a correction replaces it,
 a late event lands in its own (old) window; ``stage_counts_final`` counts the
 members per window.
 
+The journey agent computes the memberships of each batch from the entries and
+transitions it produces and writes them with the batch's other rows (one
+flush, one deduplication token scheme): no topic and no agent in between.
+
 This module is pure: window assignment, the per-batch collection (highest
 version per key) and the per-partition watermark that decides what is late.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
+
+from streams.journey import StageEntry, Transition
 
 __all__ = ["ENTRY", "TRANSITION", "Membership", "Watermarks", "WindowAggregator", "window_start"]
 
@@ -67,6 +73,15 @@ class WindowAggregator:
         if current is None or current.version <= version:
             self._rows[key] = row
         return row
+
+    def add_entry(self, x: StageEntry) -> Membership:
+        """The window membership of a stage entry (always version 1, never deleted)."""
+        return self.add(x.ts, x.funnel, ENTRY, "", x.stage, x.channel, x.user_id)
+
+    def add_transition(self, x: Transition) -> Membership:
+        """The window membership of a transition, a correction or a tombstone (``deleted``)."""
+        return self.add(x.ts, x.funnel, TRANSITION, x.from_stage, x.to_stage, x.channel, x.user_id,
+                        x.version, x.deleted)
 
     def rows(self) -> Iterator[Membership]:
         return iter(self._rows.values())

@@ -1,11 +1,11 @@
 """Test-only launcher: `funnel worker` whose ClickHouse inserts fail on demand.
 
 While the file named by FUNNEL_TEST_CLICKHOUSE_DOWN exists, every insert of the
-pipeline's sinks raises clickhouse-connect's OperationalError (what the driver
-raises when the server cannot be reached) before anything is written. The first
-insert through each sink after the file is gone is written and *then* reported
-as failed - an answer lost on its way back - so the sink's retry must be
-dropped by ClickHouse through its insert_deduplication_token.
+journey sink (every funnel table) raises clickhouse-connect's OperationalError
+(what the driver raises when the server cannot be reached) before anything is
+written. The first insert after the file is gone is written and *then*
+reported as failed - an answer lost on its way back - so the sink's retry must
+be dropped by ClickHouse through its insert_deduplication_token.
 
 Run as a script (the harness does: ``start_faulty_worker``).
 """
@@ -50,8 +50,8 @@ class FlakyClient:
 
 def make_flaky(pipeline: Pipeline) -> None:
     flag = Path(os.environ[FLAG_ENV])
-    for sink in (pipeline.journey_sink, pipeline.window_sink):
-        sink.client = FlakyClient(sink.client, flag)  # type: ignore[assignment]
+    sink = pipeline.journey_sink  # every row of the funnel's tables goes through it
+    sink.client = FlakyClient(sink.client, flag)  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

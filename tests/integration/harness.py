@@ -175,8 +175,7 @@ def event(event_type: str, user: str, ts_ms: int, **fields: Any) -> tuple[str, s
 # -- helpers for the reliability tests (tests/integration/test_reliability_*.py) ----------------
 
 #: The topics a pipeline's consumer group reads (its lag says what is left to do).
-CONSUMED_TOPICS = ("visit", "signup", "webinar", "consultation", "purchase", "normalized",
-                   "stage-changes")
+CONSUMED_TOPICS = ("visit", "signup", "webinar", "consultation", "purchase", "normalized")
 
 
 def bootstrap_of(env: dict[str, str]) -> str:
@@ -340,7 +339,7 @@ def wait_drained(worker: Worker, timeout: float, settle: float = 2.0) -> None:
 
     Offsets are committed only after the rows are in ClickHouse, so no lag means
     everything produced so far has been written. ``settle`` seconds of quiet make
-    sure the window agent has seen what the journey agent produced last.
+    sure the journey agent has seen what the ingest agent produced last.
     """
     def drained() -> bool:
         if worker.proc.poll() is not None:

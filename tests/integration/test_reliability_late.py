@@ -103,7 +103,7 @@ def check_out_of_order_and_late(worker: Worker) -> None:
         [240, "transition", "webinar", "purchase", "seo", N],
     ]
     wait_until(lambda: worker.metric_sum("funnel_sink_pending_rows") == 0 and windows() == expected, 30,
-               "the window agent to write the corrections")
+               "the journey agent to write the corrections")
     assert windows() == expected
     # Revenue follows the corrected first touch too (README: entries, transitions and revenue carry it).
     assert worker.sql("SELECT channel, toString(sum(revenue)) FROM funnel.revenue_by_channel "

@@ -84,7 +84,7 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
     wait_until(lambda: worker.metric_sum("funnel_invalid_events_total") >= len(MALFORMED), 60,
                "malformed messages dead-lettered")
     total_rows = sum(COUNTS) + 1
-    # The window agent writes on its own flush cadence, after ingest and journey:
+    # The journey agent writes its tables one after the other, stage_counts last:
     # wait for the last stage's membership rows, not merely for some rows.
     wait_until(lambda: worker.scalar("SELECT count() FROM funnel.events FINAL") == total_rows
                and worker.scalar("SELECT sum(users) FROM funnel.stage_counts_final "
@@ -144,7 +144,7 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
     assert m("funnel_late_events_total") == 0
     assert m("funnel_sink_rows_total", sink="clickhouse", table="events") >= total_rows
     wait_until(lambda: m("funnel_sink_pending_rows", sink="clickhouse") == 0, 30,
-               "sinks to drain (replayed duplicates reach the window agent last)")
+               "sinks to drain (replayed duplicates reach the journey agent last)")
     for _, _, reason in MALFORMED:
         assert m("funnel_invalid_events_total", reason=reason) == 1, reason
 

@@ -193,3 +193,36 @@ def test_configured_second_funnel_is_accepted(decoder: Decoder) -> None:
 
 def test_unknown_fields_are_ignored(decoder: Decoder) -> None:
     assert "ip" not in decode(decoder, raw(ip="10.0.0.1"))
+
+
+def _json_only_load(decoder: Decoder, data: bytes) -> Any:
+    """What ``Decoder._load`` gives with json alone (the fast path switched off)."""
+    from schemas import decode as module
+
+    fast, module._fast_loads = module._fast_loads, None
+    try:
+        return decoder._load(data)
+    except InvalidEvent as exc:
+        return exc.reason
+    finally:
+        module._fast_loads = fast
+
+
+@pytest.mark.parametrize("data", [
+    b'{"user_id": "u1", "n": NaN}', b'{"n": Infinity}', b'{"n": -Infinity}', b'{"n": 1e400}',
+    b'{"n": 123456789012345678901234567890}', b'{"n": -9223372036854775809}',
+    b'{"n": 18446744073709551616}', b'{"n": 9223372036854775807}', b'{"n": 0.1234567890123456789}',
+    b'{"s": "\\ud800"}', b'{"s": "x\x01y"}', b'\xef\xbb\xbf{"a": 1}', b'{"a": 1, "a": 2}',
+    b'[' * 3000 + b']' * 3000, b'{"a": 1}\x00', b' {"a": -0.0} ', b'null', b'{"s": "\\u00e9\xc3\xa9"}',
+    b'{"user_id": "\xff"}', raw(PURCHASE, amount=1e-7, properties={"big": 2**70, "f": 1.5}),
+])
+def test_fast_json_path_gives_what_json_gives(decoder: Decoder, data: bytes) -> None:
+    """orjson (when installed) is only a faster json: same objects, same reasons."""
+    def load() -> Any:
+        try:
+            return decoder._load(data)
+        except InvalidEvent as exc:
+            return exc.reason
+
+    fast, slow = load(), _json_only_load(decoder, data)
+    assert repr(fast) == repr(slow)  # repr: NaN == NaN, and 1 vs 1.0 differ

@@ -1,13 +1,11 @@
-"""streams.rows: table rows in sinks.COLUMNS order and the stage-changes record."""
+"""streams.rows: table rows in sinks.COLUMNS order; window memberships of journey outputs."""
 
 from __future__ import annotations
 
-import orjson
-
 from schemas import EVENT_TYPES, FunnelDefinition
 from sinks import COLUMNS
-from streams.journey import StageEntry, Transition, UserState, apply_event
-from streams.rows import change_message, entry_row, event_row, transition_row
+from streams.journey import UserState, apply_event
+from streams.rows import entry_row, event_row, transition_row
 from streams.windows import Membership, WindowAggregator
 
 DEFAULT = FunnelDefinition(name="default", stages=EVENT_TYPES)
@@ -38,23 +36,31 @@ def test_journey_rows_follow_their_columns(make_event) -> None:
     assert Membership._fields == COLUMNS["stage_counts"]
 
 
-def test_change_messages_feed_the_window_aggregator(make_event) -> None:
-    """The window agent's path: journey outputs -> stage-changes records -> memberships."""
+def test_journey_outputs_feed_the_window_aggregator(make_event) -> None:
+    """The journey agent's path: entries and transitions -> window memberships."""
     state: UserState = {}
     visit, signup = make_event("visit", channel="seo"), make_event("signup", at=61)
     results = [apply_event(state, e, DEFAULT) for e in (visit, signup)]
-    changes: list[StageEntry | Transition] = []
-    for r in results:
-        changes += [*r.entries, *r.transitions]
-    records = [orjson.loads(change_message(x)) for x in changes]
-    assert records[-1] == {"k": "transition", "fs": "visit", "s": "signup", "v": 1, "d": False,
-                           "f": "default", "c": "seo", "u": "u1", "ts": signup["ts"]}
     agg = WindowAggregator(60)
-    for c in records:
-        agg.add(c["ts"], c["f"], c["k"], c["fs"], c["s"], c["c"], c["u"], c["v"], c["d"])
+    for r in results:
+        for entry in r.entries:
+            agg.add_entry(entry)
+        for tr in r.transitions:
+            agg.add_transition(tr)
     start = visit["ts"] // 1000
     assert sorted(agg.rows()) == [
         Membership(start, 60, "default", "entry", "", "visit", "seo", "u1", 1, 0),
         Membership(start + 60, 60, "default", "entry", "", "signup", "seo", "u1", 1, 0),
         Membership(start + 60, 60, "default", "transition", "visit", "signup", "seo", "u1", 1, 0),
     ]
+
+
+def test_corrected_transitions_keep_the_highest_version_in_a_batch(make_event) -> None:
+    """A late signup re-walks the user's stages: its correction replaces visit -> webinar."""
+    state: UserState = {}
+    agg = WindowAggregator(60)
+    for e in (make_event("visit", at=0), make_event("webinar", at=120), make_event("signup", at=60)):
+        for tr in apply_event(state, e, DEFAULT).transitions:
+            agg.add_transition(tr)
+    rows = {m.stage: (m.from_stage, m.version, m.is_deleted) for m in agg.rows()}
+    assert rows == {"signup": ("visit", 2, 0), "webinar": ("signup", 3, 0)}

@@ -44,9 +44,8 @@ def _pipeline(reader: Any, database: str = "funnel", **extra: Any) -> Any:
     parts: dict[str, Any] = {
         "reader": reader, "database": database, "funnels": {"default": DEFAULT_FUNNEL},
         "settings": Settings(channels="seo,ads", app_id="test-app"), "journey_sink": _Sink(),
-        "window_sink": _Sink(), "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None,
-        "ready": True, "names": SimpleNamespace(events={"visit": "f.visit"}, normalized="f.normalized",
-                                                stage_changes="f.stage-changes"),
+        "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None,
+        "ready": True, "names": SimpleNamespace(events={"visit": "f.visit"}, normalized="f.normalized"),
     }
     parts.update(extra)
     return SimpleNamespace(**parts)
@@ -137,9 +136,9 @@ def test_consumer_lag_counts_input_topics_only() -> None:
     from faust.types import TP as tp
 
     assigned = [tp(topic="f.visit", partition=0), tp(topic="f.normalized", partition=1),
-                tp(topic="f.stage-changes", partition=0), tp(topic="app-journeys-changelog", partition=0),
+                tp(topic="f.dead-letter", partition=0), tp(topic="app-journeys-changelog", partition=0),
                 tp(topic="f.visit", partition=1)]
-    high = {("f.visit", 0): 120, ("f.normalized", 1): 50, ("f.stage-changes", 0): 7,
+    high = {("f.visit", 0): 120, ("f.normalized", 1): 50, ("f.dead-letter", 0): 7,
             ("app-journeys-changelog", 0): 999, ("f.visit", 1): None}
     consumer = SimpleNamespace(
         assignment=lambda: assigned,
