@@ -50,6 +50,10 @@ EVENT_LAG_BUCKETS: tuple[float, ...] = (
 SINK_WRITE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+#: The worker's agents that produce messages (``funnel_produce_retries_total``).
+AGENTS = ("ingest", "journey", "spend")
+
+
 class ChannelBounder:
     """Maps a channel value to a bounded Prometheus label.
 
@@ -161,6 +165,12 @@ class FunnelMetrics:
         self.sink_errors = Counter(
             "funnel_sink_errors", "Failed sink write attempts.", ["sink"], registry=r
         )
+        self.produce_retries = Counter(
+            "funnel_produce_retries",
+            "Batches handled again because the broker refused a message they produced.",
+            ["agent"],
+            registry=r,
+        )
         self.sink_pending_rows = Gauge(
             "funnel_sink_pending_rows",
             "Rows buffered in a sink and not yet written.",
@@ -205,6 +215,8 @@ class FunnelMetrics:
         channels = sorted(self.channel.allowed | {OTHER_CHANNEL})
         for reason in REASONS:
             self.invalid_events.labels(reason)
+        for agent in AGENTS:
+            self.produce_retries.labels(agent)
         for f in funnels:
             self.duplicate_events.labels(f.name)
             self.late_events.labels(f.name)

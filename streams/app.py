@@ -29,6 +29,7 @@ from uuid import UUID
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 from faust import Stream
@@ -59,6 +60,10 @@ from streams.windows import Watermarks, WindowAggregator
 __all__ = ["Pipeline", "batch_token"]
 
 log = logging.getLogger("funnel.worker")
+
+#: Pauses before a batch whose produced messages failed is handled again.
+PRODUCE_RETRY_INITIAL_SECONDS = 0.5
+PRODUCE_RETRY_MAX_SECONDS = 30.0
 
 #: How often a running worker checks that its topics still exist.
 TOPIC_CHECK_SECONDS = 10.0
@@ -236,14 +241,28 @@ class Pipeline:
         return app
 
     async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
-        """Batch loop shared by the agents: handle, then acknowledge; never crash the worker."""
+        """Batch loop shared by the agents: handle, then acknowledge; never crash the worker.
+
+        A batch whose produced messages the broker refused (a topic being
+        recreated, a leader moving) is handled again after a pause: Faust
+        would not deliver its unacknowledged messages to a restarted agent.
+        """
         s = self.settings
         async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_seconds):
-            try:
-                await handle(stream, events)
-            except SinkStopped:
-                log.warning("%s: stopping with an unwritten batch; it will be consumed again", name)
-                return
+            delay = PRODUCE_RETRY_INITIAL_SECONDS
+            while True:
+                try:
+                    await handle(stream, events)
+                    break
+                except SinkStopped:
+                    log.warning("%s: stopping with an unwritten batch; it will be consumed again", name)
+                    return
+                except KafkaError as exc:
+                    self.metrics.produce_retries.labels(name).inc()
+                    log.warning("%s: the broker refused a message of this batch (%r); "
+                                "handling the batch again in %.1f s", name, exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, PRODUCE_RETRY_MAX_SECONDS)
             for event in events:
                 await stream.ack(event)
 

@@ -48,6 +48,7 @@ COUNTERS = (
     "funnel_revenue",
     "funnel_sink_rows",
     "funnel_sink_errors",
+    "funnel_produce_retries",
     "funnel_dropoffs",
     "funnel_customers",
     "funnel_spend",
