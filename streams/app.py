@@ -73,8 +73,8 @@ DEAD_LETTER_MAX_BYTES = 900_000
 
 #: Producer batching. With Faust's defaults (no linger, 16 KiB batches) nearly
 #: every produced message was its own produce request; waiting up to 20 ms
-#: lets a batch's messages share requests (BENCHMARKS.md: -20-35 % worker CPU
-#: per event, -85 % broker CPU). Agents wait for their messages once per
+#: lets a batch's messages share requests (BENCHMARKS.md: -8-20 % worker CPU
+#: per event, about -80 % broker CPU). Agents wait for their messages once per
 #: batch, so the linger adds at most 20 ms per batch, not per message. Faust's
 #: own PRODUCER_LINGER / PRODUCER_MAX_BATCH_SIZE variables still override them.
 PRODUCER_LINGER_SECONDS = 0.02
