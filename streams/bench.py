@@ -1020,6 +1020,9 @@ class _Table(dict[bytes, Any]):
         faust_json.dumps(value)
         super().__setitem__(key, value)
 
+    async def changelog_delivered(self) -> None:
+        """No broker here: nothing to wait for."""
+
 
 def stage_core(ctx: Context) -> None:
     """The agents' batch bodies on the pre-produced traffic, with Kafka and Faust stubbed out.
