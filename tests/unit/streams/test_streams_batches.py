@@ -1,0 +1,78 @@
+"""The agents' batch loop: acknowledge after the work, retry a batch the broker refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError, UnknownError
+from prometheus_client import CollectorRegistry
+
+from sinks import FunnelMetrics, SinkStopped
+from streams import app as app_module
+from streams.app import Pipeline
+
+
+class FakeStream:
+    def __init__(self, batches: list[list[str]]) -> None:
+        self.batches = batches
+        self.acked: list[str] = []
+
+    async def noack_take(self, n: int, within: float) -> AsyncIterator[list[str]]:
+        for batch in self.batches:
+            yield batch
+
+    async def ack(self, event: str) -> None:
+        self.acked.append(event)
+
+
+def _pipeline() -> Any:
+    return SimpleNamespace(settings=SimpleNamespace(batch_max_events=10, batch_max_seconds=0.1),
+                           metrics=FunnelMetrics(CollectorRegistry()))
+
+
+def run(pipeline: Any, stream: FakeStream, handle: Any) -> None:
+    asyncio.run(Pipeline._run_batches(pipeline, "ingest", stream, handle))  # type: ignore[arg-type]
+
+
+def test_a_refused_batch_is_handled_again_then_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app_module, "PRODUCE_RETRY_INITIAL_SECONDS", 0.01)
+    pipeline, stream = _pipeline(), FakeStream([["a", "b"], ["c"]])
+    calls: list[list[str]] = []
+    failures = [UnknownError(), KafkaTimeoutError()]
+
+    async def handle(_: Any, events: list[str]) -> None:
+        calls.append(list(events))
+        assert stream.acked == [] or events == ["c"]  # nothing acknowledged before the work is done
+        if failures:
+            raise failures.pop(0)
+
+    run(pipeline, stream, handle)
+    assert calls == [["a", "b"], ["a", "b"], ["a", "b"], ["c"]]
+    assert stream.acked == ["a", "b", "c"]
+    assert pipeline.metrics.registry.get_sample_value(
+        "funnel_produce_retries_total", {"agent": "ingest"}) == 2
+
+
+def test_a_stopped_sink_leaves_the_batch_unacknowledged() -> None:
+    pipeline, stream = _pipeline(), FakeStream([["a"], ["b"]])
+
+    async def handle(_: Any, events: list[str]) -> None:
+        raise SinkStopped("stopping")
+
+    run(pipeline, stream, handle)
+    assert stream.acked == []
+
+
+def test_other_errors_are_not_swallowed() -> None:
+    pipeline, stream = _pipeline(), FakeStream([["a"]])
+
+    async def handle(_: Any, events: list[str]) -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run(pipeline, stream, handle)
+    assert stream.acked == []
