@@ -50,7 +50,7 @@ from streams.journey import (
     window_ms,
 )
 from streams.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
-from streams.offsets import FunnelApp
+from streams.offsets import FunnelApp, RewindingConsumer
 from streams.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
@@ -503,6 +503,11 @@ class Pipeline:
         if created:
             log.warning("created missing topics %s: the broker lost them (an embedded broker restarted?)",
                         ", ".join(created))
+            # Its other topics are new too (a producer may have created them
+            # first): read every partition this worker consumes from the start.
+            consumed = [*self.names.events.values(), self.names.spend, self.names.normalized]
+            cast(RewindingConsumer, self.app.consumer).rewind(
+                TP(topic, p) for topic in consumed for p in range(self.settings.topic_partitions))
 
     async def _status(self) -> None:
         await self._check_topics()

@@ -12,20 +12,32 @@ with the embedded broker it stopped inside the last batch and a restarted
 worker lost the journeys of the users written there. :class:`FunnelApp`
 gives Faust the corrected ends, and the cheaper per-message consumer of
 :mod:`streams.consumer`.
+
+A broker that loses its data (the embedded broker keeps it in memory)
+starts its partitions again at offset 0, while the consumer still reads at
+its old positions and may even commit them to the new broker: the first
+messages of each partition would be skipped. :meth:`RewindingConsumer.rewind`
+reads such partitions again from their start (the pipeline is idempotent:
+journeys drop events they have seen, ClickHouse keeps one row per key) and
+commits nothing for them until that start has been processed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
 
 from streams.consumer import EagerConsumer
 
-__all__ = ["FunnelApp", "end_offsets", "read_end_offsets"]
+__all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
+
+log = logging.getLogger(__name__)
 
 
 async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any]) -> dict[Any, int]:
@@ -77,13 +89,75 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
 
 
-class _Consumer(EagerConsumer):
+class RewindingConsumer(EagerConsumer):
+    """The consumer that can read partitions the broker lost again from their start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Partition -> the offset it was rewound to, or None while the rewind
+        # waits for the fetch loop. No offset is committed for a partition
+        # here until its start offset has been acknowledged.
+        self._rewound: dict[TP, int | None] = {}
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def rewind(self, tps: Iterable[TP]) -> None:
+        """Read ``tps`` again from their start (those assigned here, now or later)."""
+        for tp in tps:
+            self._rewound[tp] = None
+
+    async def perform_seek(self) -> None:
+        # After a rebalance Faust seeks to the committed offsets, which the
+        # new broker may hold from before the loss was seen: rewind again.
+        await super().perform_seek()
+        for tp in self._rewound:
+            self._rewound[tp] = None
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        # Seek here, between two fetches: a seek while fetched records are
+        # still being handed out would have them move the read offset past
+        # the records to read again, which the fetch loop would then drop.
+        await self._rewind_pending()
+        async for item in super().getmany(timeout):
+            yield item
+
+    async def _rewind_pending(self) -> None:
+        assigned = self.assignment()
+        tps = [tp for tp, start in self._rewound.items() if start is None and tp in assigned]
+        if not tps:
+            return
+        starts = {tp: int(offset) for tp, offset in (await self.earliest_offsets(*tps)).items()}
+        for tp in tps:
+            for bookkeeping in (self._read_offset, self._committed_offset, self._acked,
+                                self._acked_index, self._gap):
+                bookkeeping.pop(tp, None)
+            self._rewound[tp] = starts[tp]
+        await self.seek_wait(starts)
+        log.warning("reading %d partitions again from their start (the broker lost them): %s",
+                    len(tps), ", ".join(f"{tp.topic}[{tp.partition}]@{starts[tp]}" for tp in sorted(tps)))
+        try:  # replace offsets committed from the old positions
+            await self._commit(starts)
+        except Exception as exc:  # a rebalance under way: perform_seek rewinds again
+            log.warning("could not commit the start offsets of rewound partitions: %s", exc)
+
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])
+
+    def _held(self, tp: TP) -> bool:
+        """Whether ``tp`` waits for its start to be processed before it commits anything."""
+        if tp not in self._rewound:
+            return False
+        start = self._rewound[tp]
+        acked = self._acked[tp]
+        if start is not None and acked and min(acked) <= start:
+            del self._rewound[tp]  # read again from the start: commits are whole again
+            return False
+        return True
+
 
 class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
+    Consumer = RewindingConsumer
 
 
 class FunnelApp(faust.App):

@@ -4,7 +4,8 @@ The broker (memory storage) is stopped and started again on the same port:
 its topics, messages and consumer-group offsets are gone. Producers carry on
 (sending creates their topics again). Nobody touches the worker: it must
 reconnect by itself, create the topics the broker lost, store every event
-sent after the restart, commit its offsets again and still stop cleanly.
+sent after the restart (also those sent before it noticed, which its old
+positions would skip), commit its offsets again and still stop cleanly.
 """
 
 from __future__ import annotations

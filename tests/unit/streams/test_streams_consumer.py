@@ -9,26 +9,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from streams.app import Pipeline
 from streams.consumer import EagerConsumer
-from streams.settings import Settings, load_funnels
 
 
 @pytest.fixture
-def consumer(tmp_path: Any) -> Iterator[EagerConsumer]:
-    pipeline = Pipeline(Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path),
-                        load_funnels(None), clickhouse=None, database="funnel",  # type: ignore[arg-type]
-                        registry=CollectorRegistry())
-    consumer = pipeline.app.consumer
-    assert isinstance(consumer, EagerConsumer)
-    yield consumer
-    pipeline.close()
+def consumer(app_consumer: Any) -> EagerConsumer:
+    assert isinstance(app_consumer, EagerConsumer)
+    return app_consumer
 
 
 def _run(consumer: EagerConsumer, main: Any) -> Any:

@@ -1,0 +1,22 @@
+"""Fixtures for the streams tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streams.app import Pipeline
+from streams.settings import Settings, load_funnels
+
+
+@pytest.fixture
+def app_consumer(tmp_path: Any) -> Iterator[Any]:
+    """The consumer a Pipeline's app creates (not started, no broker behind it)."""
+    pipeline = Pipeline(Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path),
+                        load_funnels(None), clickhouse=None, database="funnel",  # type: ignore[arg-type]
+                        registry=CollectorRegistry())
+    yield pipeline.app.consumer
+    pipeline.close()
