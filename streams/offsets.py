@@ -123,6 +123,8 @@ class RewindingConsumer(EagerConsumer):
             yield item
 
     async def _rewind_pending(self) -> None:
+        if not self._rewound:  # the usual case: once per fetch, keep it cheap
+            return
         assigned = self.assignment()
         tps = [tp for tp, start in self._rewound.items() if start is None and tp in assigned]
         if not tps:
