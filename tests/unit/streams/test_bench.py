@@ -248,3 +248,25 @@ def test_synthetic_data_fits_the_schema_and_the_queries(chdb_client: Client, ch_
     assert {stage for _, stage, _, _ in rows} == {"visit", "signup", "webinar", "consultation", "purchase"}
     # Visits spread over the last 13 days: the query's "this week and last week" sees part of them.
     assert 0 < sum(this + last for _, stage, this, last in rows if stage == "visit") <= 1_000
+
+
+# -- core stage -------------------------------------------------------------------------------------
+def test_core_stage_stores_what_the_traffic_holds(chdb_client: Client, tmp_path: Path) -> None:
+    """The agents' batch bodies with Kafka stubbed out still write the traffic's ground truth."""
+    messages, truth = realistic_traffic(2_000, seed=5)
+    ctx = bench.Context(bootstrap="127.0.0.1:9", run_dir=tmp_path, sizes=bench.QUICK, seed=5,
+                        report=bench.Report(), progress=bench.Progress(io.StringIO(), enabled=False),
+                        prefix="core.", messages=messages, truth=truth, _chdb=chdb_client)
+    try:
+        bench.stage_core(ctx)
+        entries = dict(chdb_client.query(
+            "SELECT stage, count() FROM bench_core.stage_entries FINAL WHERE funnel = 'default' "
+            "GROUP BY stage").result_rows)
+        assert entries == truth["entries"]
+        events = chdb_client.query("SELECT count() FROM bench_core.events FINAL").result_rows[0][0]
+        assert events == truth["events"]
+    finally:
+        chdb_client.command("DROP DATABASE IF EXISTS bench_core")
+    [figure] = ctx.report.figures
+    assert figure.name == "core_events_per_s" and figure.value > 0
+    assert ctx.report.details["core"]["events"] == truth["events"] + truth["duplicates"]
