@@ -25,13 +25,13 @@ commits nothing for them until that start has been processed.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message
+from faust.types import TP
 
 from streams.consumer import EagerConsumer
 
@@ -114,13 +114,12 @@ class RewindingConsumer(EagerConsumer):
         for tp in self._rewound:
             self._rewound[tp] = None
 
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        # Seek here, between two fetches: a seek while fetched records are
+    async def _wait_next_records(self, timeout: float) -> Any:
+        # Seek here, before each fetch: a seek while fetched records are
         # still being handed out would have them move the read offset past
         # the records to read again, which the fetch loop would then drop.
         await self._rewind_pending()
-        async for item in super().getmany(timeout):
-            yield item
+        return await super()._wait_next_records(timeout)
 
     async def _rewind_pending(self) -> None:
         if not self._rewound:  # the usual case: once per fetch, keep it cheap
