@@ -12,12 +12,16 @@ except :meth:`clear` plus re-adding when partitions are reassigned.
 * :class:`StallTracker` - users by (funnel, furthest stage, temperature)
   from the wall clock: active while they progressed recently, then hot, warm
   and cold. The counts feed the ``funnel_stalled_users`` gauge.
+
+Both hold an entry per tracked user, a million of them on a big worker, so
+entries are kept small: no sequence numbers in the heaps (equal deadlines
+are ordered by the user's key), one dict per funnel instead of tuple keys,
+and a stalled user's stage, level and last progress packed into one int.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from typing import NamedTuple
@@ -29,7 +33,6 @@ TEMPERATURES = ("hot", "warm", "cold")
 
 class WindowDeadline(NamedTuple):
     deadline: int
-    seq: int
     key: bytes
     funnel: str
     stage: str
@@ -41,12 +44,11 @@ class WindowDeadlines:
 
     def __init__(self) -> None:
         self._heaps: dict[Hashable, list[WindowDeadline]] = {}
-        self._seq = itertools.count()
 
     def schedule(self, partition: Hashable, key: bytes, funnel: str, stage: str, entered: int,
                  window_ms: int) -> None:
         heapq.heappush(self._heaps.setdefault(partition, []),
-                       WindowDeadline(entered + window_ms, next(self._seq), key, funnel, stage, entered))
+                       WindowDeadline(entered + window_ms, key, funnel, stage, entered))
 
     def due(self, partition: Hashable, watermark: int) -> Iterator[WindowDeadline]:
         """Pop every deadline of ``partition`` at or before ``watermark``."""
@@ -72,10 +74,12 @@ class StallTracker:
         if not 0 < stall_after <= warm_after <= cold_after:
             raise ValueError("need 0 < stall_after <= warm_after <= cold_after")
         self.thresholds = (stall_after, warm_after, cold_after)
-        self._users: dict[tuple[bytes, str], tuple[str, int, int]] = {}  # -> stage, last, level
+        # funnel -> user key -> _pack(stage id, last progress, level)
+        self._users: dict[str, dict[bytes, int]] = {}
+        self._stages: list[str] = []  # stage id -> stage name
+        self._stage_ids: dict[str, int] = {}
         self._counts: Counter[tuple[str, str, int]] = Counter()
-        self._heap: list[tuple[int, int, bytes, str, int]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[int, bytes, str, int]] = []  # next threshold, key, funnel, last
 
     def _level(self, last: int, now: int) -> int:
         """0 active, 1 hot, 2 warm, 3 cold."""
@@ -83,32 +87,54 @@ class StallTracker:
         hot, warm, cold = self.thresholds  # ascending (checked in __init__)
         return 0 if idle < hot else 1 if idle < warm else 2 if idle < cold else 3
 
+    def _stage_id(self, stage: str) -> int:
+        stage_id = self._stage_ids.get(stage)
+        if stage_id is None:
+            if len(self._stages) >= 1 << 14:  # what _pack leaves for it
+                raise ValueError("more than 16384 distinct stage names")
+            stage_id = self._stage_ids[stage] = len(self._stages)
+            self._stages.append(stage)
+        return stage_id
+
+    @staticmethod
+    def _pack(stage_id: int, last: int, level: int) -> int:
+        return (last << 16) | (stage_id << 2) | level  # level < 4; times may be negative
+
+    def _unpack(self, packed: int) -> tuple[str, int, int]:
+        """stage, last progress, level."""
+        return self._stages[(packed & 0xFFFF) >> 2], packed >> 16, packed & 3
+
     def update(self, key: bytes, funnel: str, stage: str | None, last: int, now: int) -> None:
         """The user's furthest stage is now ``stage`` (None: finished), last progress ``last``."""
-        old = self._users.pop((key, funnel), None)
-        if old is not None and old[2]:
-            self._counts[(funnel, old[0], old[2])] -= 1
+        users = self._users.get(funnel)
+        old = users.pop(key, None) if users is not None else None
+        if old is not None and old & 3:
+            old_stage, _, old_level = self._unpack(old)
+            self._counts[(funnel, old_stage, old_level)] -= 1
         if stage is None:
             return
         self._place(key, funnel, stage, last, now)
 
     def _place(self, key: bytes, funnel: str, stage: str, last: int, now: int) -> None:
         level = self._level(last, now)
-        self._users[(key, funnel)] = (stage, last, level)
+        self._users.setdefault(funnel, {})[key] = self._pack(self._stage_id(stage), last, level)
         if level:
             self._counts[(funnel, stage, level)] += 1
         if level < len(self.thresholds):
-            heapq.heappush(self._heap, (last + self.thresholds[level], next(self._seq), key, funnel, last))
+            heapq.heappush(self._heap, (last + self.thresholds[level], key, funnel, last))
 
     def advance(self, now: int) -> int:
         """Move users whose next threshold passed; return how many moved."""
         moved = 0
         while self._heap and self._heap[0][0] <= now:
-            _, _, key, funnel, last = heapq.heappop(self._heap)
-            current = self._users.get((key, funnel))
-            if current is None or current[1] != last:
-                continue  # the user progressed (or finished) since this was scheduled
-            self.update(key, funnel, current[0], last, now)
+            _, key, funnel, last = heapq.heappop(self._heap)
+            packed = self._users.get(funnel, {}).get(key)
+            if packed is None:
+                continue  # the user finished since this was scheduled
+            stage, current_last, _ = self._unpack(packed)
+            if current_last != last:
+                continue  # the user progressed since this was scheduled
+            self.update(key, funnel, stage, last, now)
             moved += 1
         return moved
 
@@ -122,4 +148,4 @@ class StallTracker:
         self._heap.clear()
 
     def __len__(self) -> int:
-        return len(self._users)
+        return sum(len(users) for users in self._users.values())

@@ -38,6 +38,22 @@ def test_stall_tracker_skips_deadlines_of_users_who_moved_on() -> None:
     assert t.counts() == {("f", "visit", "hot"): 1}
 
 
+@pytest.mark.parametrize("last", [-7 * 24 * HOUR - 1, 0, 1_795_000_000_000, 2**50 + 3])
+def test_stall_tracker_keeps_stage_level_and_time_of_many_users_and_funnels(last: int) -> None:
+    stages = [f"stage-{n}" for n in range(300)]
+    t = StallTracker(HOUR, 24 * HOUR, 7 * 24 * HOUR)
+    for n, stage in enumerate(stages):
+        t.update(f"u{n}".encode(), f"f{n % 3}", stage, last=last, now=last + n * HOUR)
+    assert len(t) == len(stages)
+    expected = {(f"f{n % 3}", stage, "hot" if n < 24 else "warm" if n < 168 else "cold"): 1
+                for n, stage in enumerate(stages) if n}
+    assert t.counts() == expected
+    t.advance(last + 1000 * HOUR)  # everyone cold; each user counted once, under their stage
+    assert t.counts() == {(f"f{n % 3}", stage, "cold"): 1 for n, stage in enumerate(stages)}
+    t.update(b"u5", "f2", "stage-299", last=last + 1000 * HOUR, now=last + 1000 * HOUR)
+    assert ("f2", "stage-5", "cold") not in t.counts() and len(t) == len(stages)
+
+
 def test_stall_tracker_rejects_unordered_thresholds() -> None:
     with pytest.raises(ValueError, match="stall_after"):
         StallTracker(2 * HOUR, HOUR, 3 * HOUR)
