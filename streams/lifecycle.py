@@ -15,8 +15,10 @@ except :meth:`clear` plus re-adding when partitions are reassigned.
 
 Both hold an entry per tracked user, a million of them on a big worker, so
 entries are kept small: no sequence numbers in the heaps (equal deadlines
-are ordered by the user's key), one dict per funnel instead of tuple keys,
-and a stalled user's stage, level and last progress packed into one int.
+are ordered by the user's key), nothing in a heap entry that its deadline
+and the user's current entry give (the stage entry time, the last
+progress), one dict per funnel instead of tuple keys, and a stalled user's
+stage, level and last progress packed into one int.
 """
 
 from __future__ import annotations
@@ -40,21 +42,27 @@ class WindowDeadline(NamedTuple):
 
 
 class WindowDeadlines:
-    """Per-partition heaps of conversion-window ends."""
+    """Per-partition heaps of conversion-window ends.
+
+    A heap entry is (deadline, key, funnel, stage); the time the user entered
+    the stage is the deadline minus the funnel's window, given back by :meth:`due`.
+    """
 
     def __init__(self) -> None:
-        self._heaps: dict[Hashable, list[WindowDeadline]] = {}
+        self._heaps: dict[Hashable, list[tuple[int, bytes, str, str]]] = {}
+        self._windows: dict[str, int] = {}  # funnel -> window length (ms)
 
     def schedule(self, partition: Hashable, key: bytes, funnel: str, stage: str, entered: int,
                  window_ms: int) -> None:
-        heapq.heappush(self._heaps.setdefault(partition, []),
-                       WindowDeadline(entered + window_ms, key, funnel, stage, entered))
+        self._windows[funnel] = window_ms
+        heapq.heappush(self._heaps.setdefault(partition, []), (entered + window_ms, key, funnel, stage))
 
     def due(self, partition: Hashable, watermark: int) -> Iterator[WindowDeadline]:
         """Pop every deadline of ``partition`` at or before ``watermark``."""
         heap = self._heaps.get(partition)
-        while heap and heap[0].deadline <= watermark:
-            yield heapq.heappop(heap)
+        while heap and heap[0][0] <= watermark:
+            deadline, key, funnel, stage = heapq.heappop(heap)
+            yield WindowDeadline(deadline, key, funnel, stage, deadline - self._windows[funnel])
 
     def clear(self) -> None:
         self._heaps.clear()
@@ -79,7 +87,9 @@ class StallTracker:
         self._stages: list[str] = []  # stage id -> stage name
         self._stage_ids: dict[str, int] = {}
         self._counts: Counter[tuple[str, str, int]] = Counter()
-        self._heap: list[tuple[int, bytes, str, int]] = []  # next threshold, key, funnel, last
+        # (next threshold, key, funnel): current while it is the user's last
+        # progress plus the threshold of the user's level.
+        self._heap: list[tuple[int, bytes, str]] = []
 
     def _level(self, last: int, now: int) -> int:
         """0 active, 1 hot, 2 warm, 3 cold."""
@@ -121,18 +131,18 @@ class StallTracker:
         if level:
             self._counts[(funnel, stage, level)] += 1
         if level < len(self.thresholds):
-            heapq.heappush(self._heap, (last + self.thresholds[level], key, funnel, last))
+            heapq.heappush(self._heap, (last + self.thresholds[level], key, funnel))
 
     def advance(self, now: int) -> int:
         """Move users whose next threshold passed; return how many moved."""
         moved = 0
         while self._heap and self._heap[0][0] <= now:
-            _, key, funnel, last = heapq.heappop(self._heap)
+            due, key, funnel = heapq.heappop(self._heap)
             packed = self._users.get(funnel, {}).get(key)
             if packed is None:
                 continue  # the user finished since this was scheduled
-            stage, current_last, _ = self._unpack(packed)
-            if current_last != last:
+            stage, last, level = self._unpack(packed)
+            if level >= len(self.thresholds) or last + self.thresholds[level] != due:
                 continue  # the user progressed since this was scheduled
             self.update(key, funnel, stage, last, now)
             moved += 1

@@ -6,7 +6,7 @@ import pytest
 
 from schemas import DEFAULT_FUNNEL, FunnelDefinition
 from streams.journey import UserState, apply_event, expire_window, furthest, window_ms
-from streams.lifecycle import StallTracker, WindowDeadlines
+from streams.lifecycle import StallTracker, WindowDeadline, WindowDeadlines
 
 HOUR = 3_600_000
 DAY_FUNNEL = FunnelDefinition(name="default", stages=DEFAULT_FUNNEL.stages, conversion_window_days=1)
@@ -67,6 +67,16 @@ def test_window_deadlines_release_per_partition_in_order() -> None:
     assert [x.key for x in d.due(0, 2 * HOUR)] == [b"early"]
     assert [x.key for x in d.due(0, 10 * HOUR)] == [b"late"]
     assert len(d) == 1  # partition 1 has its own watermark
+
+
+def test_window_deadlines_give_back_what_was_scheduled() -> None:
+    d = WindowDeadlines()
+    d.schedule(0, b"a", "week", "signup", entered=3 * HOUR, window_ms=7 * 24 * HOUR)
+    d.schedule(0, b"b", "day", "webinar", entered=-HOUR, window_ms=24 * HOUR)
+    assert list(d.due(0, 10**12)) == [
+        WindowDeadline(23 * HOUR, b"b", "day", "webinar", -HOUR),
+        WindowDeadline(171 * HOUR, b"a", "week", "signup", 3 * HOUR),
+    ]
 
 
 def test_window_expiry_drops_the_user_once_and_late_progress_retracts_it(make_event) -> None:
