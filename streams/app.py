@@ -136,6 +136,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Faust's RocksDB options for the journeys table: one database per partition."""
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+    }
+
+
 class Pipeline:
     """Everything one worker runs. Build it, then hand ``pipeline.app`` to a Faust worker."""
 
@@ -218,6 +227,7 @@ class Pipeline:
             beacon=app.tables.beacon,
             partitions=s.topic_partitions,
             schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+            options=rocksdb_options(s) if s.store.startswith("rocksdb") else None,
         )))
         # Faust stops every stream while more than ``max_messages`` (100) table
         # changelog records wait to be produced, flushing them 100 at a time.

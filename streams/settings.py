@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         65536, ge=256, description="FUNNEL_MAX_MESSAGE_BYTES: larger messages are dead-lettered."
     )
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, description="FUNNEL_ROCKSDB_WRITE_BUFFER_MB: RocksDB store: memtable size per "
+        "table partition (MiB); two at most."
+    )
+    rocksdb_block_cache_mb: int = Field(
+        32, ge=1, description="FUNNEL_ROCKSDB_BLOCK_CACHE_MB: RocksDB store: block cache per "
+        "table partition (MiB)."
+    )
     batch_max_events: int = Field(
         10000, ge=1, description="FUNNEL_BATCH_MAX_EVENTS: events per agent batch (= insert size)."
     )

@@ -106,3 +106,23 @@ def test_split_brokers(url: str, brokers: list[str]) -> None:
 def test_split_brokers_needs_a_broker(url: str) -> None:
     with pytest.raises(ValueError, match="names no broker"):
         split_brokers(url)
+
+
+def test_rocksdb_bounds_reach_the_journeys_table(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streams.app import Pipeline
+    from streams.settings import load_funnels
+
+    env.setenv("FUNNEL_ROCKSDB_WRITE_BUFFER_MB", "4")
+    env.setenv("FUNNEL_ROCKSDB_BLOCK_CACHE_MB", "16")
+    tables = {}
+    for store in ("rocksdb://", "memory://"):
+        pipeline = Pipeline(Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, store=store),
+                            load_funnels(None), clickhouse=None, database="funnel",  # type: ignore[arg-type]
+                            registry=CollectorRegistry())
+        tables[store] = pipeline.journeys.options
+        pipeline.close()
+    assert tables["rocksdb://"] == {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
+                                    "block_cache_size": 16 << 20}
+    assert tables["memory://"] is None
