@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +222,19 @@ def test_write_names_retryable_failures(metrics: FunnelMetrics, error: Exception
         assert caught.value is not error if retryable else caught.value is error
     finally:
         sink.close()
+
+
+def test_writing_rows_does_not_load_pandas(tmp_path: Path) -> None:
+    """clickhouse-connect would import pandas (42 MiB) on the first insert; the worker never needs it."""
+    script = f"""
+import sys
+from sinks.clickhouse import connect, parse_clickhouse_url
+client = connect(parse_clickhouse_url("chdb://{tmp_path / 'ch'}"))
+client.command("CREATE TABLE t (x UInt32) ENGINE = MergeTree ORDER BY x")
+client.insert("t", [[1], [2]], column_names=["x"])
+assert client.query("SELECT sum(x) FROM t").result_rows == [(3,)]
+print("pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
