@@ -347,9 +347,27 @@ def wait_drained(worker: Worker, timeout: float, settle: float = 2.0) -> None:
         return not any(pipeline_lag(worker).values()) and \
             worker.metric_sum("funnel_sink_pending_rows") == 0
 
-    wait_until(drained, timeout, "the pipeline to drain", every=1.0)
-    time.sleep(settle)
-    wait_until(drained, timeout, "the pipeline to drain (after settling)", every=1.0)
+    try:
+        wait_until(drained, timeout, "the pipeline to drain", every=1.0)
+        time.sleep(settle)
+        wait_until(drained, timeout, "the pipeline to drain (after settling)", every=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nlag {pipeline_lag(worker)}\n{dump_tasks(worker)}") from None
+
+
+def dump_tasks(worker: Worker) -> str:
+    """Where a stuck worker waits: SIGUSR1 makes mode's worker print every asyncio
+    task's stack (with locals) to its log; the dump is copied beside the log."""
+    if worker.proc.poll() is not None:
+        return "(the worker is gone: no task dump)"
+    size = worker.log_path.stat().st_size
+    worker.proc.send_signal(signal.SIGUSR1)
+    time.sleep(5)
+    dump = worker.log_path.with_suffix(".tasks.txt")
+    with worker.log_path.open("rb") as log:
+        log.seek(size)
+        dump.write_bytes(log.read())
+    return f"task dump ({dump.stat().st_size} bytes): {dump}"
 
 
 def rss_bytes(pid: int) -> int:

@@ -88,7 +88,7 @@ def test_sigkill_three_times_then_exact(pipeline_env: dict[str, str], tmp_path: 
                 # The dead worker owned the chDB path: the next one must open it again.
                 workers.append(restart(pipeline_env, tmp_path / f"worker-{kill}.log"))
             assert generator.wait(120) == 0
-        wait_drained(workers[-1], 900)
+        wait_drained(workers[-1], 240)  # under pytest's 600 s, so the task dump is taken
         elapsed = time.monotonic() - started
         assert len({w.proc.pid for w in workers}) == KILLS + 1
         events = assert_exact_truth(workers[-1], truth)
