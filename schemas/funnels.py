@@ -27,7 +27,7 @@ class FunnelDefinition(BaseModel):
 
     name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
     stages: tuple[EventType, ...] = Field(min_length=2)
-    conversion_window_days: float = Field(default=14.0, gt=0)
+    conversion_window_days: float = Field(default=14.0, gt=0, le=36_500)  # 100 years at most
     attribution: Literal["first_touch", "last_touch"] = "first_touch"
 
     @model_validator(mode="after")

@@ -2,9 +2,10 @@
 
 Both trackers keep work proportional to the users whose state changes or
 whose deadline passes: each user has at most one pending deadline per funnel
-in a heap; a deadline whose user has moved on since is skipped when it comes
-up (lazy invalidation), never searched for. Nothing here scans all users,
-except :meth:`clear` plus re-adding when partitions are reassigned.
+on a :class:`DeadlineWheel`; a deadline whose user has moved on since is
+skipped when it comes up (lazy invalidation), never searched for. Nothing here
+scans all users, except :meth:`clear` plus re-adding when partitions are
+reassigned.
 
 * :class:`WindowDeadlines` - per partition, ordered by the end of the user's
   conversion window at their furthest stage, released by the partition's
@@ -14,23 +15,111 @@ except :meth:`clear` plus re-adding when partitions are reassigned.
   and cold. The counts feed the ``funnel_stalled_users`` gauge.
 
 Both hold an entry per tracked user, a million of them on a big worker, so
-entries are kept small: no sequence numbers in the heaps (equal deadlines
-are ordered by the user's key), nothing in a heap entry that its deadline
-and the user's current entry give (the stage entry time, the last
-progress), one dict per funnel instead of tuple keys, and a stalled user's
-stage, level and last progress packed into one int.
+entries are kept small: a pending deadline is 8 bytes of time, 8 of tag and
+a reference to the user's key in a bucket's arrays (a heap of tuples took
+about 120 bytes: the tuple and its int); nothing is stored that the deadline
+and the user's current entry give (the stage entry time, the last progress);
+one dict per funnel instead of tuple keys; a stalled user's stage, level and
+last progress packed into one int.
 """
 
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from typing import NamedTuple
 
-__all__ = ["TEMPERATURES", "StallTracker", "WindowDeadline", "WindowDeadlines"]
+__all__ = ["TEMPERATURES", "DeadlineWheel", "StallTracker", "WindowDeadline", "WindowDeadlines"]
 
 TEMPERATURES = ("hot", "warm", "cold")
+
+#: Width of a wheel bucket (ms): a 30-day window spreads deadlines over ~2 900 buckets.
+BUCKET_MS = 15 * 60 * 1000
+
+
+class _Bucket:
+    """Deadlines within one bucket's width, in arrival order until they come up."""
+
+    __slots__ = ("dues", "keys", "ordered", "pos", "tags")
+
+    def __init__(self) -> None:
+        self.dues = array("q")
+        self.tags = array("i")
+        self.keys: list[bytes | None] = []
+        self.pos = 0  # entries before it were released
+        self.ordered = True
+
+    def sort(self) -> None:
+        """Order the entries not yet released by due time (stable), dropping the released ones."""
+        dues, tags, keys = self.dues, self.tags, self.keys
+        order = sorted(range(self.pos, len(dues)), key=dues.__getitem__)
+        self.dues = array("q", [dues[i] for i in order])
+        self.tags = array("i", [tags[i] for i in order])
+        self.keys = [keys[i] for i in order]
+        self.pos = 0
+        self.ordered = True
+
+
+class DeadlineWheel:
+    """(due, key, tag) entries, released in due order once a clock passes them.
+
+    A timing wheel: entries go into buckets ``width`` wide (appends, no
+    ordering work); a bucket is sorted once it comes up. Equal due times come
+    out in the order they were pushed.
+    """
+
+    def __init__(self, width: int = BUCKET_MS) -> None:
+        self.width = width
+        self._buckets: dict[int, _Bucket] = {}
+        self._order: list[int] = []  # heap of the bucket numbers in use
+        self._len = 0
+
+    def push(self, due: int, key: bytes, tag: int) -> None:
+        number = due // self.width
+        bucket = self._buckets.get(number)
+        if bucket is None:
+            bucket = self._buckets[number] = _Bucket()
+            heapq.heappush(self._order, number)
+        elif bucket.ordered and len(bucket.dues) > bucket.pos and due < bucket.dues[-1]:
+            bucket.ordered = False
+        bucket.dues.append(due)
+        bucket.tags.append(tag)
+        bucket.keys.append(key)
+        self._len += 1
+
+    def pop_until(self, limit: int) -> Iterator[tuple[int, bytes, int]]:
+        """Release every entry due at or before ``limit``, in due order.
+
+        Entries pushed while this runs are released by it only if they land
+        after the entry being released; the rest wait for the next call.
+        """
+        while self._order and self._order[0] * self.width <= limit:
+            number = self._order[0]
+            bucket = self._buckets[number]
+            if not bucket.ordered:
+                bucket.sort()
+            while bucket.pos < len(bucket.dues) and bucket.dues[bucket.pos] <= limit:
+                i = bucket.pos
+                bucket.pos += 1
+                key = bucket.keys[i]
+                bucket.keys[i] = None  # the wheel no longer keeps the key alive
+                self._len -= 1
+                assert key is not None
+                yield bucket.dues[i], key, bucket.tags[i]
+            if bucket.pos < len(bucket.dues):
+                return  # ``limit`` falls inside this bucket
+            del self._buckets[number]
+            heapq.heappop(self._order)
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._order.clear()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
 
 
 class WindowDeadline(NamedTuple):
@@ -42,33 +131,45 @@ class WindowDeadline(NamedTuple):
 
 
 class WindowDeadlines:
-    """Per-partition heaps of conversion-window ends.
+    """Per-partition wheels of conversion-window ends.
 
-    A heap entry is (deadline, key, funnel, stage); the time the user entered
+    An entry is (deadline, key, (funnel, stage) id); the time the user entered
     the stage is the deadline minus the funnel's window, given back by :meth:`due`.
     """
 
-    def __init__(self) -> None:
-        self._heaps: dict[Hashable, list[tuple[int, bytes, str, str]]] = {}
+    def __init__(self, width: int = BUCKET_MS) -> None:
+        self.width = width
+        self._wheels: dict[Hashable, DeadlineWheel] = {}
         self._windows: dict[str, int] = {}  # funnel -> window length (ms)
+        self._places: list[tuple[str, str]] = []  # id -> (funnel, stage)
+        self._place_ids: dict[tuple[str, str], int] = {}
 
     def schedule(self, partition: Hashable, key: bytes, funnel: str, stage: str, entered: int,
                  window_ms: int) -> None:
         self._windows[funnel] = window_ms
-        heapq.heappush(self._heaps.setdefault(partition, []), (entered + window_ms, key, funnel, stage))
+        place = self._place_ids.get((funnel, stage))
+        if place is None:
+            place = self._place_ids[(funnel, stage)] = len(self._places)
+            self._places.append((funnel, stage))
+        wheel = self._wheels.get(partition)
+        if wheel is None:
+            wheel = self._wheels[partition] = DeadlineWheel(self.width)
+        wheel.push(entered + window_ms, key, place)
 
     def due(self, partition: Hashable, watermark: int) -> Iterator[WindowDeadline]:
-        """Pop every deadline of ``partition`` at or before ``watermark``."""
-        heap = self._heaps.get(partition)
-        while heap and heap[0][0] <= watermark:
-            deadline, key, funnel, stage = heapq.heappop(heap)
+        """Release every deadline of ``partition`` at or before ``watermark``."""
+        wheel = self._wheels.get(partition)
+        if wheel is None:
+            return
+        for deadline, key, place in wheel.pop_until(watermark):
+            funnel, stage = self._places[place]
             yield WindowDeadline(deadline, key, funnel, stage, deadline - self._windows[funnel])
 
     def clear(self) -> None:
-        self._heaps.clear()
+        self._wheels.clear()
 
     def __len__(self) -> int:
-        return sum(len(h) for h in self._heaps.values())
+        return sum(len(w) for w in self._wheels.values())
 
 
 class StallTracker:
@@ -87,9 +188,11 @@ class StallTracker:
         self._stages: list[str] = []  # stage id -> stage name
         self._stage_ids: dict[str, int] = {}
         self._counts: Counter[tuple[str, str, int]] = Counter()
-        # (next threshold, key, funnel): current while it is the user's last
+        # (next threshold, key, funnel id): current while it is the user's last
         # progress plus the threshold of the user's level.
-        self._heap: list[tuple[int, bytes, str]] = []
+        self._wheel = DeadlineWheel()
+        self._funnels: list[str] = []  # funnel id -> name
+        self._funnel_ids: dict[str, int] = {}
 
     def _level(self, last: int, now: int) -> int:
         """0 active, 1 hot, 2 warm, 3 cold."""
@@ -131,13 +234,17 @@ class StallTracker:
         if level:
             self._counts[(funnel, stage, level)] += 1
         if level < len(self.thresholds):
-            heapq.heappush(self._heap, (last + self.thresholds[level], key, funnel))
+            funnel_id = self._funnel_ids.get(funnel)
+            if funnel_id is None:
+                funnel_id = self._funnel_ids[funnel] = len(self._funnels)
+                self._funnels.append(funnel)
+            self._wheel.push(last + self.thresholds[level], key, funnel_id)
 
     def advance(self, now: int) -> int:
         """Move users whose next threshold passed; return how many moved."""
         moved = 0
-        while self._heap and self._heap[0][0] <= now:
-            due, key, funnel = heapq.heappop(self._heap)
+        for due, key, funnel_id in self._wheel.pop_until(now):
+            funnel = self._funnels[funnel_id]
             packed = self._users.get(funnel, {}).get(key)
             if packed is None:
                 continue  # the user finished since this was scheduled
@@ -155,7 +262,7 @@ class StallTracker:
     def clear(self) -> None:
         self._users.clear()
         self._counts.clear()
-        self._heap.clear()
+        self._wheel.clear()
 
     def __len__(self) -> int:
         return sum(len(users) for users in self._users.values())

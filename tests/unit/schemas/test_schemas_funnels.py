@@ -102,6 +102,11 @@ def funnel_yaml(name: str, stages: str) -> str:
             id="bad-attribution",
         ),
         pytest.param(
+            "funnels:\n" + funnel_yaml("slow", "[visit, signup]") + "    conversion_window_days: 1e9\n",
+            "funnel 'slow': conversion_window_days: Input should be less than or equal to 36500",
+            id="window-beyond-a-century",
+        ),
+        pytest.param(
             "funnels: []\n",
             "config: funnels: Tuple should have at least 1 item after validation, not 0",
             id="no-funnels",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import tracemalloc
+
 import pytest
 
 from schemas import DEFAULT_FUNNEL, FunnelDefinition
 from streams.journey import UserState, apply_event, expire_window, furthest, window_ms
-from streams.lifecycle import StallTracker, WindowDeadline, WindowDeadlines
+from streams.lifecycle import DeadlineWheel, StallTracker, WindowDeadline, WindowDeadlines
 
 HOUR = 3_600_000
 DAY_FUNNEL = FunnelDefinition(name="default", stages=DEFAULT_FUNNEL.stages, conversion_window_days=1)
@@ -57,6 +60,75 @@ def test_stall_tracker_keeps_stage_level_and_time_of_many_users_and_funnels(last
 def test_stall_tracker_rejects_unordered_thresholds() -> None:
     with pytest.raises(ValueError, match="stall_after"):
         StallTracker(2 * HOUR, HOUR, 3 * HOUR)
+
+
+@pytest.mark.parametrize("width", [1, 7, 1000, 10**9])
+def test_deadline_wheel_releases_what_a_sorted_list_would(width: int) -> None:
+    rng = random.Random(width)
+    wheel = DeadlineWheel(width)
+    pending: list[tuple[int, bytes, int]] = []
+    released: list[tuple[int, bytes, int]] = []
+    clock = -5_000
+    for step in range(3_000):
+        due = clock + rng.randint(-50, 2_000)  # some already past, most ahead
+        entry = (due, f"k{step}".encode(), rng.randint(0, 3))
+        wheel.push(*entry)
+        pending.append(entry)
+        if step % 7 == 0:
+            clock += rng.randint(0, 300)
+            got = list(wheel.pop_until(clock))
+            assert [d for d, _, _ in got] == sorted(d for d, _, _ in got)
+            released.extend(got)
+    released.extend(wheel.pop_until(10**12))
+    assert len(wheel) == 0
+    assert sorted(released) == sorted(pending)  # each entry once, none lost
+
+
+def test_deadline_wheel_releases_exactly_up_to_the_limit_and_keeps_arrival_order_for_ties() -> None:
+    wheel = DeadlineWheel(100)
+    for due, key in [(250, b"c"), (120, b"a"), (250, b"d"), (120, b"b"), (-30, b"n"), (400, b"z")]:
+        wheel.push(due, key, 0)
+    assert [k for _, k, _ in wheel.pop_until(249)] == [b"n", b"a", b"b"]
+    assert len(wheel) == 3
+    wheel.push(260, b"e", 0)  # into the bucket that is half released
+    wheel.push(10, b"old", 0)  # already past: comes out with the next call
+    assert [k for _, k, _ in wheel.pop_until(300)] == [b"old", b"c", b"d", b"e"]
+    assert [k for _, k, _ in wheel.pop_until(300)] == []
+    wheel.clear()
+    assert len(wheel) == 0 and list(wheel.pop_until(10**9)) == []
+
+
+def test_deadline_wheel_takes_pushes_while_it_releases() -> None:
+    """What StallTracker.advance does: every released user is placed again, further ahead."""
+    wheel = DeadlineWheel(10)
+    for n in range(100):
+        wheel.push(n, str(n).encode(), n)
+    seen = []
+    for due, key, tag in wheel.pop_until(50):
+        seen.append(due)
+        wheel.push(due + 51, key, tag)  # beyond the limit, maybe in the current bucket
+    assert seen == list(range(51))
+    assert len(wheel) == 100
+    assert [d for d, _, _ in wheel.pop_until(10**6)] == sorted([*range(51, 100), *range(51, 102)])
+
+
+def test_trackers_keep_a_million_users_small() -> None:
+    """What the 1 GiB target for a worker with 1 000 000 users leaves the trackers (bytes per user)."""
+    users = [f"user-{n:07d}".encode() for n in range(50_000)]  # the keys exist anyway (the table's)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        stalls, windows = StallTracker(HOUR, 24 * HOUR, 7 * 24 * HOUR), WindowDeadlines()
+        now = 1_795_000_000_000
+        for n, key in enumerate(users):
+            windows.schedule(n % 4, key, "default", "visit", now + n, 14 * 24 * HOUR)
+            stalls.update(key, "default", "visit", last=now + n, now=now + n)
+        per_user = (tracemalloc.get_traced_memory()[0] - before) / len(users)
+    finally:
+        tracemalloc.stop()
+    assert len(stalls) == len(windows) == len(users)
+    print(f"trackers: {per_user:.0f} bytes per user")
+    assert per_user < 160, per_user
 
 
 def test_window_deadlines_release_per_partition_in_order() -> None:
