@@ -142,6 +142,15 @@ class RewindingConsumer(EagerConsumer):
         except Exception as exc:  # a rebalance under way: perform_seek rewinds again
             log.warning("could not commit the start offsets of rewound partitions: %s", exc)
 
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust treats offsets its fetch loop skipped as done (compaction and
+        # transaction markers leave such holes), so commits pass them. The
+        # pipeline's topics are neither compacted nor transactional: a hole
+        # means messages were not handed to an agent. Say so loudly.
+        log.warning("offsets %d-%d of %s[%d] were skipped by the fetch loop and will be "
+                    "committed unprocessed", offset_from, offset_to - 1, tp.topic, tp.partition)
+        await super()._add_gap(tp, offset_from, offset_to)
+
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])
 

@@ -111,3 +111,12 @@ def test_a_partition_read_from_its_start_is_not_rewound_by_a_rebalance(consumer:
     _run(consumer, consumer.perform_seek())
     _run(consumer, consumer._rewind_pending())
     assert broker.seeks == [{VISIT: 0}]
+
+
+def test_a_hole_in_the_offsets_is_logged(consumer: RewindingConsumer,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Faust commits past offsets its fetch loop skipped; the pipeline's topics never have any."""
+    consumer._committed_offset[VISIT] = 100
+    _run(consumer, consumer._add_gap(VISIT, 120, 263))
+    assert "offsets 120-262 of funnel.visit[0] were skipped" in caplog.text
+    assert consumer._gap[VISIT]  # Faust's own bookkeeping still happens
