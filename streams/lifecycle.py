@@ -29,11 +29,32 @@ import heapq
 from array import array
 from collections import Counter
 from collections.abc import Hashable, Iterator
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 __all__ = ["TEMPERATURES", "DeadlineWheel", "StallTracker", "WindowDeadline", "WindowDeadlines"]
 
 TEMPERATURES = ("hot", "warm", "cold")
+
+_T = TypeVar("_T", bound=Hashable)
+
+
+class _Ids(Generic[_T]):
+    """Small ints for a few distinct values (stages, funnels), so entries can hold an int."""
+
+    def __init__(self, limit: int = 1 << 31) -> None:
+        self.limit = limit
+        self.values: list[_T] = []  # id -> value
+        self._ids: dict[_T, int] = {}
+
+    def id(self, value: _T) -> int:
+        found = self._ids.get(value)
+        if found is None:
+            if len(self.values) >= self.limit:
+                raise ValueError(f"more than {self.limit} distinct values")
+            found = self._ids[value] = len(self.values)
+            self.values.append(value)
+        return found
+
 
 #: Width of a wheel bucket (ms): a 30-day window spreads deadlines over ~2 900 buckets.
 BUCKET_MS = 15 * 60 * 1000
@@ -141,20 +162,15 @@ class WindowDeadlines:
         self.width = width
         self._wheels: dict[Hashable, DeadlineWheel] = {}
         self._windows: dict[str, int] = {}  # funnel -> window length (ms)
-        self._places: list[tuple[str, str]] = []  # id -> (funnel, stage)
-        self._place_ids: dict[tuple[str, str], int] = {}
+        self._places: _Ids[tuple[str, str]] = _Ids()
 
     def schedule(self, partition: Hashable, key: bytes, funnel: str, stage: str, entered: int,
                  window_ms: int) -> None:
         self._windows[funnel] = window_ms
-        place = self._place_ids.get((funnel, stage))
-        if place is None:
-            place = self._place_ids[(funnel, stage)] = len(self._places)
-            self._places.append((funnel, stage))
         wheel = self._wheels.get(partition)
         if wheel is None:
             wheel = self._wheels[partition] = DeadlineWheel(self.width)
-        wheel.push(entered + window_ms, key, place)
+        wheel.push(entered + window_ms, key, self._places.id((funnel, stage)))
 
     def due(self, partition: Hashable, watermark: int) -> Iterator[WindowDeadline]:
         """Release every deadline of ``partition`` at or before ``watermark``."""
@@ -162,7 +178,7 @@ class WindowDeadlines:
         if wheel is None:
             return
         for deadline, key, place in wheel.pop_until(watermark):
-            funnel, stage = self._places[place]
+            funnel, stage = self._places.values[place]
             yield WindowDeadline(deadline, key, funnel, stage, deadline - self._windows[funnel])
 
     def clear(self) -> None:
@@ -185,14 +201,12 @@ class StallTracker:
         self.thresholds = (stall_after, warm_after, cold_after)
         # funnel -> user key -> _pack(stage id, last progress, level)
         self._users: dict[str, dict[bytes, int]] = {}
-        self._stages: list[str] = []  # stage id -> stage name
-        self._stage_ids: dict[str, int] = {}
+        self._stages: _Ids[str] = _Ids(limit=1 << 14)  # what _pack leaves for a stage id
         self._counts: Counter[tuple[str, str, int]] = Counter()
         # (next threshold, key, funnel id): current while it is the user's last
         # progress plus the threshold of the user's level.
         self._wheel = DeadlineWheel()
-        self._funnels: list[str] = []  # funnel id -> name
-        self._funnel_ids: dict[str, int] = {}
+        self._funnels: _Ids[str] = _Ids()
 
     def _level(self, last: int, now: int) -> int:
         """0 active, 1 hot, 2 warm, 3 cold."""
@@ -200,22 +214,13 @@ class StallTracker:
         hot, warm, cold = self.thresholds  # ascending (checked in __init__)
         return 0 if idle < hot else 1 if idle < warm else 2 if idle < cold else 3
 
-    def _stage_id(self, stage: str) -> int:
-        stage_id = self._stage_ids.get(stage)
-        if stage_id is None:
-            if len(self._stages) >= 1 << 14:  # what _pack leaves for it
-                raise ValueError("more than 16384 distinct stage names")
-            stage_id = self._stage_ids[stage] = len(self._stages)
-            self._stages.append(stage)
-        return stage_id
-
     @staticmethod
     def _pack(stage_id: int, last: int, level: int) -> int:
         return (last << 16) | (stage_id << 2) | level  # level < 4; times may be negative
 
     def _unpack(self, packed: int) -> tuple[str, int, int]:
         """stage, last progress, level."""
-        return self._stages[(packed & 0xFFFF) >> 2], packed >> 16, packed & 3
+        return self._stages.values[(packed & 0xFFFF) >> 2], packed >> 16, packed & 3
 
     def update(self, key: bytes, funnel: str, stage: str | None, last: int, now: int) -> None:
         """The user's furthest stage is now ``stage`` (None: finished), last progress ``last``."""
@@ -230,21 +235,17 @@ class StallTracker:
 
     def _place(self, key: bytes, funnel: str, stage: str, last: int, now: int) -> None:
         level = self._level(last, now)
-        self._users.setdefault(funnel, {})[key] = self._pack(self._stage_id(stage), last, level)
+        self._users.setdefault(funnel, {})[key] = self._pack(self._stages.id(stage), last, level)
         if level:
             self._counts[(funnel, stage, level)] += 1
         if level < len(self.thresholds):
-            funnel_id = self._funnel_ids.get(funnel)
-            if funnel_id is None:
-                funnel_id = self._funnel_ids[funnel] = len(self._funnels)
-                self._funnels.append(funnel)
-            self._wheel.push(last + self.thresholds[level], key, funnel_id)
+            self._wheel.push(last + self.thresholds[level], key, self._funnels.id(funnel))
 
     def advance(self, now: int) -> int:
         """Move users whose next threshold passed; return how many moved."""
         moved = 0
         for due, key, funnel_id in self._wheel.pop_until(now):
-            funnel = self._funnels[funnel_id]
+            funnel = self._funnels.values[funnel_id]
             packed = self._users.get(funnel, {}).get(key)
             if packed is None:
                 continue  # the user finished since this was scheduled
