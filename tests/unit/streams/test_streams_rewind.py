@@ -7,7 +7,8 @@ replaced by recorders. The broker-restart integration test runs it for real.
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from faust.types import TP
@@ -115,8 +116,66 @@ def test_a_partition_read_from_its_start_is_not_rewound_by_a_rebalance(consumer:
 
 def test_a_hole_in_the_offsets_is_logged(consumer: RewindingConsumer,
                                          caplog: pytest.LogCaptureFixture) -> None:
-    """Faust commits past offsets its fetch loop skipped; the pipeline's topics never have any."""
+    """Faust commits past holes the broker still has when read again; the pipeline's topics have none."""
     consumer._committed_offset[VISIT] = 100
     _run(consumer, consumer._add_gap(VISIT, 120, 263))
-    assert "offsets 120-262 of funnel.visit[0] were skipped" in caplog.text
+    assert "offsets 120-262 of funnel.visit[0] are missing on the broker" in caplog.text
     assert consumer._gap[VISIT]  # Faust's own bookkeeping still happens
+
+
+class Fetches:
+    """Stands in for the fetch loop's broker side: each fetch returns the next batch given."""
+
+    def __init__(self, consumer: RewindingConsumer, *batches: dict[TP, list[int]]) -> None:
+        self.batches = list(batches)
+        self.seeks: list[tuple[TP, int]] = []
+
+        async def wait_next_records(timeout: float) -> Any:
+            batch = self.batches.pop(0)
+            records = {tp: [SimpleNamespace(offset=o) for o in offsets] for tp, offsets in batch.items()}
+            return records, set(batch)
+
+        async def seek(tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+        consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+        consumer._to_message = lambda tp, record: SimpleNamespace(tp=tp, offset=record.offset)  # type: ignore
+        consumer.highwater = lambda tp: 1000  # type: ignore[method-assign]
+        consumer._seek = seek  # type: ignore[method-assign]
+        consumer.flow_active = True
+
+
+def _hand_out(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
+    """One pass of Faust's fetch loop: what it hands to agents (it moves the read offset)."""
+    async def drain() -> list[tuple[TP, int]]:
+        handed = []
+        async for tp, message in consumer.getmany(timeout=0):
+            handed.append((tp, message.offset))
+            consumer._read_offset[tp] = message.offset
+        return handed
+    return cast(list[tuple[TP, int]], _run(consumer, drain()))
+
+
+def test_a_partition_with_a_hole_is_fetched_again_from_the_hole(
+        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
+    """Records fetched but never handed out are read again, not committed past."""
+    fetches = Fetches(consumer, {VISIT: [144, 145, 146], OTHER: [8, 9]}, {VISIT: [2, 3, 4]})
+    consumer._read_offset[VISIT] = 1
+    consumer._read_offset[OTHER] = 7
+    assert _hand_out(consumer) == [(OTHER, 8), (OTHER, 9)]  # VISIT's batch starts past offset 2
+    assert fetches.seeks == [(VISIT, 2)]
+    assert consumer._read_offset[VISIT] == 1
+    assert "offsets 2-143 of funnel.visit[0] were fetched but not handed out" in caplog.text
+    assert _hand_out(consumer) == [(VISIT, 2), (VISIT, 3), (VISIT, 4)]
+    assert not consumer._refetching
+
+
+def test_a_hole_still_there_when_read_again_is_left_to_faust(consumer: RewindingConsumer) -> None:
+    """Records the broker no longer has (compaction, deletion): read once more, then passed."""
+    fetches = Fetches(consumer, {VISIT: [10, 11]}, {VISIT: [10, 11]}, {VISIT: [12]})
+    consumer._read_offset[VISIT] = 5
+    assert _hand_out(consumer) == []
+    assert _hand_out(consumer) == [(VISIT, 10), (VISIT, 11)]
+    assert fetches.seeks == [(VISIT, 6)]
+    assert _hand_out(consumer) == [(VISIT, 12)]
+    assert not consumer._refetching
