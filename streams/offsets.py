@@ -98,8 +98,16 @@ class RewindingConsumer(EagerConsumer):
         # waits for the fetch loop. No offset is committed for a partition
         # here until its start offset has been acknowledged.
         self._rewound: dict[TP, int | None] = {}
+        # Partition -> the next offset to hand out: one past the last handed
+        # out, or the committed offset after a seek. Exact, unlike Faust's
+        # read offsets, which a seek sets to the committed offset as if that
+        # message had been read.
+        self._next: dict[TP, int] = {}
         # Partition -> the first offset of a hole it is reading again.
         self._refetching: dict[TP, int] = {}
+        # Partition -> the offset after a hole that was still there when read
+        # again: the one gap Faust's fetch loop may add (and commit past).
+        self._real_holes: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -116,6 +124,9 @@ class RewindingConsumer(EagerConsumer):
         for tp in self._rewound:
             self._rewound[tp] = None
         self._refetching.clear()
+        self._real_holes.clear()
+        self._next.clear()  # in place: a fetch being handed out holds this dict
+        self._next.update((tp, offset) for tp, offset in self._committed_offset.items() if offset is not None)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's fetched messages, but never one that follows a hole in its partition.
@@ -123,27 +134,33 @@ class RewindingConsumer(EagerConsumer):
         Faust hands its fetch loop each message newer than the partition's
         read offset and treats the offsets in between as done (compaction
         and transaction markers leave such holes), so commits pass them. The
-        pipeline's topics have neither, yet holes of one fetch per partition
-        happened after a restart: the records were fetched from the broker
-        but never handed out. Such a partition is read again from the hole
-        instead (its later messages in this fetch are dropped, the read
-        offset stays). Only a hole that is still there when read again is
-        left to Faust's rule, so a compacted topic cannot loop.
+        pipeline's topics have neither, yet after a restart records were
+        fetched from the broker and never handed out while Faust's recovery
+        seeks the partitions it has just resumed (a worker skipped 142-143
+        messages per partition). A partition whose next message is not the
+        one expected is read again from the expected offset instead: its
+        later messages in this fetch are dropped. Only a hole that is still
+        there when read again is handed on, for Faust's rule (a compacted or
+        truncated topic cannot loop here).
         """
-        read_offset = self._read_offset
+        expected = self._next
         refetching = self._refetching
         holed: set[TP] = set()
         async for tp, message in super().getmany(timeout):
-            last = read_offset[tp]
-            if last and message.offset > last + 1 and not self._is_changelog_tp(tp):
+            offset = message.offset
+            want = expected.get(tp)
+            if want is not None and offset > want and not self._is_changelog_tp(tp):
                 if tp in holed:
                     continue
-                if refetching.get(tp) != last + 1:
+                if refetching.get(tp) != want:
                     holed.add(tp)
-                    await self._refetch(tp, last + 1, message.offset)
+                    await self._refetch(tp, want, offset)
                     continue
+                self._real_holes[tp] = offset
             if refetching:
                 refetching.pop(tp, None)
+            if want is None or offset >= want:
+                expected[tp] = offset + 1
             yield tp, message
 
     async def _refetch(self, tp: TP, first: int, found: int) -> None:
@@ -172,7 +189,7 @@ class RewindingConsumer(EagerConsumer):
         starts = {tp: int(offset) for tp, offset in (await self.earliest_offsets(*tps)).items()}
         for tp in tps:
             for bookkeeping in (self._read_offset, self._committed_offset, self._acked,
-                                self._acked_index, self._gap):
+                                self._acked_index, self._gap, self._next):
                 bookkeeping.pop(tp, None)
             self._rewound[tp] = starts[tp]
         await self.seek_wait(starts)
@@ -184,9 +201,15 @@ class RewindingConsumer(EagerConsumer):
             log.warning("could not commit the start offsets of rewound partitions: %s", exc)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        # A hole that getmany read again and found again: the broker has no
-        # records there (the pipeline's topics are neither compacted nor
-        # transactional, so this should not happen). Say so loudly.
+        # Faust calls this for any message newer than its read offset plus
+        # one. getmany lets such a message through only after every offset
+        # before it was handed out, or for a hole that was still there when
+        # read again. In the first case (a seek lowered the read offset while
+        # the message was on its way) the offsets are in flight and get
+        # acknowledged: marking them done would commit them early.
+        if not self._is_changelog_tp(tp) and self._real_holes.get(tp) != offset_to:
+            return
+        self._real_holes.pop(tp, None)
         log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
                     offset_from, offset_to - 1, tp.topic, tp.partition)
         await super()._add_gap(tp, offset_from, offset_to)

@@ -114,13 +114,17 @@ def test_a_partition_read_from_its_start_is_not_rewound_by_a_rebalance(consumer:
     assert broker.seeks == [{VISIT: 0}]
 
 
-def test_a_hole_in_the_offsets_is_logged(consumer: RewindingConsumer,
-                                         caplog: pytest.LogCaptureFixture) -> None:
-    """Faust commits past holes the broker still has when read again; the pipeline's topics have none."""
+def test_faust_gaps_are_added_only_for_holes_still_there_when_read_again(
+        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
+    """Faust's fetch loop adds a gap after any jump past its read offset, which a seek lowers."""
     consumer._committed_offset[VISIT] = 100
+    _run(consumer, consumer._add_gap(VISIT, 120, 263))  # handed out already, in flight: not done
+    assert not consumer._gap[VISIT]
+    consumer._real_holes[VISIT] = 263
     _run(consumer, consumer._add_gap(VISIT, 120, 263))
     assert "offsets 120-262 of funnel.visit[0] are missing on the broker" in caplog.text
-    assert consumer._gap[VISIT]  # Faust's own bookkeeping still happens
+    assert consumer._gap[VISIT]  # Faust's own bookkeeping: commits pass the hole
+    assert not consumer._real_holes
 
 
 class Fetches:
@@ -146,12 +150,11 @@ class Fetches:
 
 
 def _hand_out(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
-    """One pass of Faust's fetch loop: what it hands to agents (it moves the read offset)."""
+    """One pass of Faust's fetch loop: what it hands to agents."""
     async def drain() -> list[tuple[TP, int]]:
         handed = []
         async for tp, message in consumer.getmany(timeout=0):
             handed.append((tp, message.offset))
-            consumer._read_offset[tp] = message.offset
         return handed
     return cast(list[tuple[TP, int]], _run(consumer, drain()))
 
@@ -159,23 +162,39 @@ def _hand_out(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
 def test_a_partition_with_a_hole_is_fetched_again_from_the_hole(
         consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
     """Records fetched but never handed out are read again, not committed past."""
-    fetches = Fetches(consumer, {VISIT: [144, 145, 146], OTHER: [8, 9]}, {VISIT: [2, 3, 4]})
-    consumer._read_offset[VISIT] = 1
-    consumer._read_offset[OTHER] = 7
+    fetches = Fetches(consumer, {VISIT: [0, 1]}, {VISIT: [144, 145, 146], OTHER: [8, 9]}, {VISIT: [2, 3, 4]})
+    assert _hand_out(consumer) == [(VISIT, 0), (VISIT, 1)]
+    consumer._next[OTHER] = 8
     assert _hand_out(consumer) == [(OTHER, 8), (OTHER, 9)]  # VISIT's batch starts past offset 2
     assert fetches.seeks == [(VISIT, 2)]
-    assert consumer._read_offset[VISIT] == 1
     assert "offsets 2-143 of funnel.visit[0] were fetched but not handed out" in caplog.text
     assert _hand_out(consumer) == [(VISIT, 2), (VISIT, 3), (VISIT, 4)]
-    assert not consumer._refetching
+    assert not consumer._refetching and not consumer._real_holes
 
 
 def test_a_hole_still_there_when_read_again_is_left_to_faust(consumer: RewindingConsumer) -> None:
     """Records the broker no longer has (compaction, deletion): read once more, then passed."""
     fetches = Fetches(consumer, {VISIT: [10, 11]}, {VISIT: [10, 11]}, {VISIT: [12]})
-    consumer._read_offset[VISIT] = 5
+    consumer._next[VISIT] = 6
     assert _hand_out(consumer) == []
     assert _hand_out(consumer) == [(VISIT, 10), (VISIT, 11)]
     assert fetches.seeks == [(VISIT, 6)]
+    assert consumer._real_holes == {VISIT: 10}  # the gap Faust's loop will add for 6-9
     assert _hand_out(consumer) == [(VISIT, 12)]
     assert not consumer._refetching
+
+
+def test_after_a_seek_the_committed_offset_is_the_next_to_hand_out(consumer: RewindingConsumer) -> None:
+    """Records fetched before Faust's seek to the committed offsets are read again from there.
+
+    Faust sets its read offset to the committed offset as if that message had
+    been read: a fetch starting one past it would not look like a hole.
+    """
+    Broker(consumer, assigned={VISIT})  # offsets committed: 27
+    fetches = Fetches(consumer, {VISIT: [28, 29]}, {VISIT: [27, 28, 29]})
+    consumer._next[VISIT] = 40  # handed out up to 39 before the seek
+    _run(consumer, consumer.perform_seek())
+    assert consumer._next == {VISIT: 27}
+    assert _hand_out(consumer) == []  # a fetch that misses offset 27
+    assert fetches.seeks == [(VISIT, 27)]
+    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28), (VISIT, 29)]
