@@ -299,8 +299,17 @@ async def _end_offsets(consumer: AIOKafkaConsumer, tps: list[Any]) -> dict[Any, 
 
 def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
     """Messages not yet committed by consumer group ``group``, per topic."""
+    wanted = list(topics)
+    lag = dict.fromkeys(wanted, 0)
+    for tp, (done, end) in group_positions(bootstrap, group, wanted).items():
+        lag[tp.topic] += end - done
+    return lag
 
-    async def run() -> dict[str, int]:
+
+def group_positions(bootstrap: str, group: str, topics: Iterable[str]) -> dict[Any, tuple[int, int]]:
+    """(committed offset, end offset) of every partition of ``topics`` for group ``group``."""
+
+    async def run() -> dict[Any, tuple[int, int]]:
         from aiokafka.admin import AIOKafkaAdminClient
         from aiokafka.structs import TopicPartition
 
@@ -315,11 +324,11 @@ def group_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, in
                    for p in sorted(consumer.partitions_for_topic(t) or ())]
             ends = await _end_offsets(consumer, tps)
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            lag = dict.fromkeys(wanted, 0)
+            positions = {}
             for tp in tps:
                 done = committed.get(tp)
-                lag[tp.topic] += ends[tp] - max(done.offset if done else 0, 0)
-            return lag
+                positions[tp] = (max(done.offset if done else 0, 0), ends[tp])
+            return positions
         finally:
             await consumer.stop()
             await admin.close()
@@ -352,7 +361,11 @@ def wait_drained(worker: Worker, timeout: float, settle: float = 2.0) -> None:
         time.sleep(settle)
         wait_until(drained, timeout, "the pipeline to drain (after settling)", every=1.0)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nlag {pipeline_lag(worker)}\n{dump_tasks(worker)}") from None
+        prefix = worker.env["FUNNEL_TOPIC_PREFIX"]
+        behind = {f"{tp.topic}[{tp.partition}]": f"committed {done} of {end}" for tp, (done, end) in
+                  group_positions(bootstrap_of(worker.env), worker.env["FUNNEL_APP_ID"],
+                                  [prefix + t for t in CONSUMED_TOPICS]).items() if done < end}
+        raise AssertionError(f"{exc}\nbehind: {behind}\n{dump_tasks(worker)}") from None
 
 
 def dump_tasks(worker: Worker) -> str:
