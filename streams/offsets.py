@@ -20,6 +20,11 @@ messages of each partition would be skipped. :meth:`RewindingConsumer.rewind`
 reads such partitions again from their start (the pipeline is idempotent:
 journeys drop events they have seen, ClickHouse keeps one row per key) and
 commits nothing for them until that start has been processed.
+
+Faust's fetch loop takes any jump in a partition's offsets as a hole to
+commit past. :meth:`RewindingConsumer.getmany` hands out no message past the
+next offset it expects: the partition is read again from there (records
+fetched while Faust's recovery seeks were lost that way after a restart).
 """
 
 from __future__ import annotations
@@ -207,11 +212,13 @@ class RewindingConsumer(EagerConsumer):
         # read again. In the first case (a seek lowered the read offset while
         # the message was on its way) the offsets are in flight and get
         # acknowledged: marking them done would commit them early.
-        if not self._is_changelog_tp(tp) and self._real_holes.get(tp) != offset_to:
-            return
-        self._real_holes.pop(tp, None)
-        log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
-                    offset_from, offset_to - 1, tp.topic, tp.partition)
+        # Changelogs are compacted: their holes are Faust's business.
+        if not self._is_changelog_tp(tp):
+            if self._real_holes.get(tp) != offset_to:
+                return
+            del self._real_holes[tp]
+            log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
+                        offset_from, offset_to - 1, tp.topic, tp.partition)
         await super()._add_gap(tp, offset_from, offset_to)
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:

@@ -198,3 +198,11 @@ def test_after_a_seek_the_committed_offset_is_the_next_to_hand_out(consumer: Rew
     assert _hand_out(consumer) == []  # a fetch that misses offset 27
     assert fetches.seeks == [(VISIT, 27)]
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28), (VISIT, 29)]
+
+
+def test_changelog_gaps_stay_faust_s(consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
+    """Compacted changelogs have holes by design: Faust's rule applies, quietly."""
+    changelog = TP(next(iter(consumer.app.tables.changelog_topics)), 0)
+    _run(consumer, consumer._add_gap(changelog, 5, 9))
+    assert consumer._gap[changelog]
+    assert "missing on the broker" not in caplog.text
