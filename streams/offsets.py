@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
+from time import monotonic
 from typing import Any, cast
 
 import faust
@@ -43,6 +44,9 @@ from streams.consumer import EagerConsumer
 __all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
 
 log = logging.getLogger(__name__)
+
+#: How long a partition's commits may wait for unacknowledged offsets before that is logged.
+BLOCKED_COMMIT_WARN_SECONDS = 60.0
 
 
 async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any]) -> dict[Any, int]:
@@ -113,6 +117,9 @@ class RewindingConsumer(EagerConsumer):
         # Partition -> the offset after a hole that was still there when read
         # again: the one gap Faust's fetch loop may add (and commit past).
         self._real_holes: dict[TP, int] = {}
+        # Partition -> (since when its commits wait for unacknowledged
+        # offsets, whether that was logged).
+        self._blocked: dict[TP, tuple[float, bool]] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -130,6 +137,7 @@ class RewindingConsumer(EagerConsumer):
             self._rewound[tp] = None
         self._refetching.clear()
         self._real_holes.clear()
+        self._blocked.clear()
         self._next.clear()  # in place: a fetch being handed out holds this dict
         self._next.update((tp, offset) for tp, offset in self._committed_offset.items() if offset is not None)
 
@@ -223,6 +231,28 @@ class RewindingConsumer(EagerConsumer):
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])
+
+    def _new_offset(self, tp: TP) -> int | None:
+        offset = super()._new_offset(tp)
+        if offset is None:
+            self._watch_blocked(tp)
+        else:
+            self._blocked.pop(tp, None)
+        return offset
+
+    def _watch_blocked(self, tp: TP) -> None:
+        """Say once when ``tp``'s commits wait for offsets that were never acknowledged."""
+        acked, committed = self._acked[tp], self._committed_offset[tp]
+        if not acked or not committed or min(acked) - committed <= 1:
+            self._blocked.pop(tp, None)  # nothing acknowledged, or Faust's own tolerance of one
+            return
+        now = monotonic()
+        since, told = self._blocked.setdefault(tp, (now, False))
+        if not told and now - since >= BLOCKED_COMMIT_WARN_SECONDS:
+            self._blocked[tp] = (since, True)
+            log.warning("commits of %s[%d] have waited %.0f s at offset %d: offsets %d-%d were never "
+                        "acknowledged (%d later ones were)", tp.topic, tp.partition, now - since,
+                        committed, committed, min(acked) - 1, len(acked))
 
     def _held(self, tp: TP) -> bool:
         """Whether ``tp`` waits for its start to be processed before it commits anything."""

@@ -13,6 +13,7 @@ from typing import Any, cast
 import pytest
 from faust.types import TP
 
+from streams import offsets
 from streams.offsets import RewindingConsumer
 
 VISIT = TP("funnel.visit", 0)
@@ -206,3 +207,21 @@ def test_changelog_gaps_stay_faust_s(consumer: RewindingConsumer, caplog: pytest
     _run(consumer, consumer._add_gap(changelog, 5, 9))
     assert consumer._gap[changelog]
     assert "missing on the broker" not in caplog.text
+
+
+def test_commits_waiting_for_unacknowledged_offsets_are_logged_once(
+        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition whose commits cannot move says which offsets it waits for."""
+    monkeypatch.setattr(offsets, "BLOCKED_COMMIT_WARN_SECONDS", 0.0)
+    consumer._committed_offset[VISIT] = 100
+    _ack(consumer, VISIT, range(105, 111))
+    assert consumer._filter_committable_offsets([VISIT]) == {}
+    assert consumer._filter_committable_offsets([VISIT]) == {}
+    told = [r for r in caplog.records if "commits of funnel.visit[0]" in r.getMessage()]
+    assert len(told) == 1
+    assert ("waited 0 s at offset 100: offsets 100-104 were never acknowledged (6 later ones were)"
+            in told[0].getMessage())
+    _ack(consumer, VISIT, range(100, 105))
+    assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 111}
+    assert not consumer._blocked
