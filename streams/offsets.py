@@ -21,10 +21,12 @@ reads such partitions again from their start (the pipeline is idempotent:
 journeys drop events they have seen, ClickHouse keeps one row per key) and
 commits nothing for them until that start has been processed.
 
-Faust's fetch loop takes any jump in a partition's offsets as a hole to
-commit past. :meth:`RewindingConsumer.getmany` hands out no message past the
-next offset it expects: the partition is read again from there (records
-fetched while Faust's recovery seeks were lost that way after a restart).
+Faust's streams drop what arrives while flow control is suspended, and its
+fetch loop takes any jump in a partition's offsets as a hole to commit past:
+a restarted worker lost messages that way. :meth:`RewindingConsumer.getmany`
+hands a stream partition's messages out only while flow control is on, and
+only in order from the next offset it expects; after a jump the partition is
+read again from there.
 """
 
 from __future__ import annotations
@@ -114,9 +116,6 @@ class RewindingConsumer(EagerConsumer):
         self._next: dict[TP, int] = {}
         # Partition -> the first offset of a hole it is reading again.
         self._refetching: dict[TP, int] = {}
-        # Partition -> the offset after a hole that was still there when read
-        # again: the one gap Faust's fetch loop may add (and commit past).
-        self._real_holes: dict[TP, int] = {}
         # Partition -> (since when its commits wait for unacknowledged
         # offsets, whether that was logged).
         self._blocked: dict[TP, tuple[float, bool]] = {}
@@ -136,44 +135,58 @@ class RewindingConsumer(EagerConsumer):
         for tp in self._rewound:
             self._rewound[tp] = None
         self._refetching.clear()
-        self._real_holes.clear()
         self._blocked.clear()
         self._next.clear()  # in place: a fetch being handed out holds this dict
         self._next.update((tp, offset) for tp, offset in self._committed_offset.items() if offset is not None)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        """Faust's fetched messages, but never one that follows a hole in its partition.
+        """Faust's fetched messages, each partition's strictly in offset order, none skipped.
 
-        Faust hands its fetch loop each message newer than the partition's
-        read offset and treats the offsets in between as done (compaction
-        and transaction markers leave such holes), so commits pass them. The
-        pipeline's topics have neither, yet after a restart records were
-        fetched from the broker and never handed out while Faust's recovery
-        seeks the partitions it has just resumed (a worker skipped 142-143
-        messages per partition). A partition whose next message is not the
-        one expected is read again from the expected offset instead: its
-        later messages in this fetch are dropped. Only a hole that is still
-        there when read again is handed on, for Faust's rule (a compacted or
-        truncated topic cannot loop here).
+        Faust's fetch loop hands out any message newer than the partition's
+        read offset and takes the offsets in between as done (compaction and
+        transaction markers leave such holes), so commits pass them. Its
+        streams also drop, unacknowledged, every message that arrives while
+        flow control is suspended (while recovery ends and seeks the
+        partitions it has just resumed), counting on that seek to read them
+        again; but the seek lowers the read offset under the fetch loop, which
+        then drops the messages read again as seen, or takes the jump to the
+        next ones as a hole. A restarted worker lost 142-143 messages per
+        partition that way.
+
+        Here a stream partition's messages are handed out only while flow
+        control is on, and only in order from the next offset expected (the
+        committed offset after a seek). A message past it makes the partition
+        be read again from there (its later messages in this fetch are
+        dropped); a hole that is still there when read again is committed
+        past, so a truncated topic cannot loop. Changelogs are Faust's.
         """
         expected = self._next
         refetching = self._refetching
+        read_offset = self._read_offset
+        flow = self.app.flow_control
+        changelogs = self.app.tables.changelog_topics
         holed: set[TP] = set()
         async for tp, message in super().getmany(timeout):
+            if tp.topic in changelogs:
+                yield tp, message
+                continue
+            if not flow.is_active():
+                await flow.acquire()  # a seek may come meanwhile: check offsets after
             offset = message.offset
             want = expected.get(tp)
-            if want is not None and offset > want and not self._is_changelog_tp(tp):
-                if tp in holed:
-                    continue
+            if want is not None and offset != want:
+                if offset < want or tp in holed:
+                    continue  # handed out already, or after a hole in this fetch
                 if refetching.get(tp) != want:
                     holed.add(tp)
                     await self._refetch(tp, want, offset)
                     continue
-                self._real_holes[tp] = offset
+                await self._commit_past(tp, want, offset - 1)
             if refetching:
                 refetching.pop(tp, None)
-            if want is None or offset >= want:
-                expected[tp] = offset + 1
+            expected[tp] = offset + 1
+            # What Faust's loop compares with: never drop this one, see no hole.
+            read_offset[tp] = offset - 1
             yield tp, message
 
     async def _refetch(self, tp: TP, first: int, found: int) -> None:
@@ -214,20 +227,17 @@ class RewindingConsumer(EagerConsumer):
             log.warning("could not commit the start offsets of rewound partitions: %s", exc)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        # Faust calls this for any message newer than its read offset plus
-        # one. getmany lets such a message through only after every offset
-        # before it was handed out, or for a hole that was still there when
-        # read again. In the first case (a seek lowered the read offset while
-        # the message was on its way) the offsets are in flight and get
-        # acknowledged: marking them done would commit them early.
-        # Changelogs are compacted: their holes are Faust's business.
-        if not self._is_changelog_tp(tp):
-            if self._real_holes.get(tp) != offset_to:
-                return
-            del self._real_holes[tp]
-            log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
-                        offset_from, offset_to - 1, tp.topic, tp.partition)
-        await super()._add_gap(tp, offset_from, offset_to)
+        # Faust's fetch loop calls this when a seek lowered its read offset
+        # while a message was on its way: the offsets in between are in
+        # flight and get acknowledged. Holes are getmany's business, except
+        # in compacted changelogs.
+        if self._is_changelog_tp(tp):
+            await super()._add_gap(tp, offset_from, offset_to)
+
+    async def _commit_past(self, tp: TP, first: int, last: int) -> None:
+        log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
+                    first, last, tp.topic, tp.partition)
+        await super()._add_gap(tp, first, last)
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])

@@ -7,6 +7,7 @@ replaced by recorders. The broker-restart integration test runs it for real.
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -115,17 +116,11 @@ def test_a_partition_read_from_its_start_is_not_rewound_by_a_rebalance(consumer:
     assert broker.seeks == [{VISIT: 0}]
 
 
-def test_faust_gaps_are_added_only_for_holes_still_there_when_read_again(
-        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
+def test_faust_s_gaps_are_ignored_on_stream_topics(consumer: RewindingConsumer) -> None:
     """Faust's fetch loop adds a gap after any jump past its read offset, which a seek lowers."""
     consumer._committed_offset[VISIT] = 100
     _run(consumer, consumer._add_gap(VISIT, 120, 263))  # handed out already, in flight: not done
     assert not consumer._gap[VISIT]
-    consumer._real_holes[VISIT] = 263
-    _run(consumer, consumer._add_gap(VISIT, 120, 263))
-    assert "offsets 120-262 of funnel.visit[0] are missing on the broker" in caplog.text
-    assert consumer._gap[VISIT]  # Faust's own bookkeeping: commits pass the hole
-    assert not consumer._real_holes
 
 
 class Fetches:
@@ -148,16 +143,19 @@ class Fetches:
         consumer.highwater = lambda tp: 1000  # type: ignore[method-assign]
         consumer._seek = seek  # type: ignore[method-assign]
         consumer.flow_active = True
+        consumer.app.flow_control.resume()
+
+
+async def _hand_out_async(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
+    handed = []
+    async for tp, message in consumer.getmany(timeout=0):
+        handed.append((tp, message.offset))
+    return handed
 
 
 def _hand_out(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
     """One pass of Faust's fetch loop: what it hands to agents."""
-    async def drain() -> list[tuple[TP, int]]:
-        handed = []
-        async for tp, message in consumer.getmany(timeout=0):
-            handed.append((tp, message.offset))
-        return handed
-    return cast(list[tuple[TP, int]], _run(consumer, drain()))
+    return cast(list[tuple[TP, int]], _run(consumer, _hand_out_async(consumer)))
 
 
 def test_a_partition_with_a_hole_is_fetched_again_from_the_hole(
@@ -170,19 +168,52 @@ def test_a_partition_with_a_hole_is_fetched_again_from_the_hole(
     assert fetches.seeks == [(VISIT, 2)]
     assert "offsets 2-143 of funnel.visit[0] were fetched but not handed out" in caplog.text
     assert _hand_out(consumer) == [(VISIT, 2), (VISIT, 3), (VISIT, 4)]
-    assert not consumer._refetching and not consumer._real_holes
+    assert not consumer._refetching
 
 
-def test_a_hole_still_there_when_read_again_is_left_to_faust(consumer: RewindingConsumer) -> None:
+def test_a_hole_still_there_when_read_again_is_committed_past(
+        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
     """Records the broker no longer has (compaction, deletion): read once more, then passed."""
     fetches = Fetches(consumer, {VISIT: [10, 11]}, {VISIT: [10, 11]}, {VISIT: [12]})
     consumer._next[VISIT] = 6
     assert _hand_out(consumer) == []
     assert _hand_out(consumer) == [(VISIT, 10), (VISIT, 11)]
     assert fetches.seeks == [(VISIT, 6)]
-    assert consumer._real_holes == {VISIT: 10}  # the gap Faust's loop will add for 6-9
+    assert "offsets 6-9 of funnel.visit[0] are missing on the broker: committed past them" in caplog.text
+    assert sorted(consumer._gap[VISIT])[0][:2] == (6, 10)  # Faust's bookkeeping: commits pass 6-9
     assert _hand_out(consumer) == [(VISIT, 12)]
     assert not consumer._refetching
+
+
+def test_messages_already_handed_out_are_not_handed_out_again(consumer: RewindingConsumer) -> None:
+    Fetches(consumer, {VISIT: [3, 4, 5]}, {VISIT: [4, 5, 6]})
+    assert _hand_out(consumer) == [(VISIT, 3), (VISIT, 4), (VISIT, 5)]
+    assert _hand_out(consumer) == [(VISIT, 6)]
+    assert consumer._read_offset[VISIT] == 5  # Faust's loop compares with this: it hands 6 on
+
+
+def test_messages_wait_for_flow_control_and_a_seek_meanwhile_is_obeyed(consumer: RewindingConsumer) -> None:
+    """Faust's streams drop, unacknowledged, what arrives while flow control is suspended.
+
+    Recovery suspends it while it seeks the stream partitions to their
+    committed offsets; what was handed out before is read again from there.
+    """
+    Broker(consumer, assigned={VISIT})  # offsets committed: 27
+    fetches = Fetches(consumer, {VISIT: [40, 41]}, {VISIT: [27, 28]})
+    consumer._next[VISIT] = 40  # handed out up to 39 before recovery ended
+    consumer.app.flow_control.suspend()
+
+    async def recovery_ends() -> None:
+        await asyncio.sleep(0.05)
+        await consumer.perform_seek()
+        consumer.app.flow_control.resume()
+
+    async def both() -> list[tuple[TP, int]]:
+        handed, _ = await asyncio.gather(_hand_out_async(consumer), recovery_ends())
+        return handed
+    assert _run(consumer, both()) == []  # 40 waited for flow control, then was past the seek
+    assert fetches.seeks == [(VISIT, 27)]
+    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
 
 
 def test_after_a_seek_the_committed_offset_is_the_next_to_hand_out(consumer: RewindingConsumer) -> None:
