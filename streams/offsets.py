@@ -172,6 +172,8 @@ class RewindingConsumer(EagerConsumer):
                 continue
             if not flow.is_active():
                 await flow.acquire()  # a seek may come meanwhile: check offsets after
+                if message.generation_id != self.app.consumer_generation_id:
+                    continue  # fetched before a rebalance: streams drop it, the seek reads it again
             offset = message.offset
             want = expected.get(tp)
             if want is not None and offset != want:

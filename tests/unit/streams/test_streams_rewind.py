@@ -139,7 +139,8 @@ class Fetches:
             self.seeks.append((tp, offset))
 
         consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
-        consumer._to_message = lambda tp, record: SimpleNamespace(tp=tp, offset=record.offset)  # type: ignore
+        consumer._to_message = lambda tp, record: SimpleNamespace(  # type: ignore
+            tp=tp, offset=record.offset, generation_id=consumer.app.consumer_generation_id)
         consumer.highwater = lambda tp: 1000  # type: ignore[method-assign]
         consumer._seek = seek  # type: ignore[method-assign]
         consumer.flow_active = True
@@ -256,3 +257,22 @@ def test_commits_waiting_for_unacknowledged_offsets_are_logged_once(
     _ack(consumer, VISIT, range(100, 105))
     assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 111}
     assert not consumer._blocked
+
+
+def test_messages_from_before_a_rebalance_are_not_handed_out(consumer: RewindingConsumer) -> None:
+    """Faust's streams drop them unacknowledged; the rebalance's seek reads them again."""
+    Broker(consumer, assigned={VISIT})  # offsets committed: 27
+    Fetches(consumer, {VISIT: [27, 28]}, {VISIT: [27, 28]})
+    consumer.app.flow_control.suspend()
+
+    async def rebalance() -> None:
+        await asyncio.sleep(0.05)
+        consumer.app.consumer_generation_id += 1
+        await consumer.perform_seek()
+        consumer.app.flow_control.resume()
+
+    async def both() -> list[tuple[TP, int]]:
+        handed, _ = await asyncio.gather(_hand_out_async(consumer), rebalance())
+        return handed
+    assert _run(consumer, both()) == []
+    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
