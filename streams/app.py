@@ -4,6 +4,8 @@ Data flow (README, "Data flow"):
 
     funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
+                     \\--------> journeys, for events already keyed by user id
+                                 in the partition `normalized` would use
     funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs
                                    and stage_counts (window memberships, same batch)
     funnel.spend --spend--> ClickHouse spend
@@ -96,9 +98,10 @@ class JourneyTable(faust.Table):
     """A Faust table whose changelog records can be awaited.
 
     ``table[key] = value`` hands the changelog record to Faust's producer
-    buffer and forgets it; Faust's own flush gives up after 0.1 s. The journey
-    agent awaits :meth:`changelog_delivered` before it acknowledges a batch, so
-    a restart never recovers journeys without changes whose offsets are committed.
+    buffer and forgets it; Faust's own flush gives up after 0.1 s. An agent
+    that wrote takes its records with :meth:`take_changelog` and awaits them
+    before it acknowledges its batch, so a restart never recovers journeys
+    without changes whose offsets are committed.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -110,10 +113,15 @@ class JourneyTable(faust.Table):
         self._unconfirmed.append(fut)
         return fut
 
-    async def changelog_delivered(self) -> None:
-        """Wait until every changelog record sent so far is acknowledged by the broker."""
-        pending, self._unconfirmed = self._unconfirmed, []
-        await asyncio.gather(*pending)
+    def take_changelog(self) -> list[Awaitable[Any]]:
+        """The changelog records sent since the last call, for the caller to await.
+
+        Two agents write the table (journey, and ingest for events keyed by
+        user): each takes its records right after its writes, with no await
+        in between, so each awaits exactly its own.
+        """
+        taken, self._unconfirmed = self._unconfirmed, []
+        return taken
 
 
 def _view(handler: Any) -> Any:
@@ -183,11 +191,19 @@ class Pipeline:
         # One thread drives ClickHouse for all agents and the /sql page.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.journey_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
+        # The ingest agent's journeys (events keyed by user) have their own
+        # buffers: a sink's flush must not take rows another agent added.
+        self.direct_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.spend_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.reader = reader
         self.database = database
         self.processed = 0
         self._partitioner = DefaultPartitioner()  # the producer's: finds a key's partition
+        self._partitions = list(range(settings.topic_partitions))
+        # Source partitions whose events keyed by their user id go straight
+        # to the journeys (set at each rebalance, see _direct_partitions).
+        self._direct: frozenset[TP] = frozenset()
+        self._homes: dict[int, TP] = {}  # partition -> that partition of `normalized`
         self.last_event_ms: int | None = None  # newest event time processed
         self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
         self.app = self._build_app()
@@ -287,8 +303,16 @@ class Pipeline:
 
     # -- agents -----------------------------------------------------------------
     async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        """Decode and validate; pass valid events on by user, the invalid to the dead letters.
+
+        An event keyed by its user id, in the partition that `normalized`
+        would give it, is applied to the journeys right here (see
+        :meth:`_direct_partitions`); the others go through `normalized`.
+        """
         now_ms = int(time.time() * 1000)
         pending: list[Awaitable[Any]] = []
+        direct: list[tuple[EventT, NormalizedEvent]] = []
+        direct_tps, partitioner, partitions = self._direct, self._partitioner, self._partitions
         m = self.metrics
         for event in events:
             msg = event.message
@@ -301,11 +325,49 @@ class Pipeline:
                 continue
             for name in [f.name for f in self.targets(norm)] or ["none"]:
                 m.child(m.events, name, event_type).inc()
-            pending.append(await self.normalized.send(
-                key=norm["user_id"].encode(), value=orjson.dumps(norm)
-            ))
+            user = norm["user_id"].encode()
+            if (msg.tp in direct_tps and msg.key == user
+                    and partitioner(user, partitions, partitions) == msg.partition):
+                direct.append((event, norm))
+                continue
+            pending.append(await self.normalized.send(key=user, value=orjson.dumps(norm)))
+        if direct:
+            await self._apply_journeys(stream, direct, self.direct_sink,
+                                       batch_token("journey-direct", [event for event, _ in direct]))
         # Delivered before acknowledged: nothing is lost between topics.
         await asyncio.gather(*pending)
+
+    def _direct_partitions(self) -> frozenset[TP]:
+        """The assigned source partitions whose user-keyed events may skip `normalized`.
+
+        `normalized` exists so that one user's events meet in one partition
+        of the journeys table. An event whose key already is its user id,
+        found in the partition p that `normalized` would give it, is in the
+        right place: Faust's assignor gives a worker partition p of every
+        topic with the same partition count (co-partitioning), the journeys
+        table's included. So only partitions of source topics with as many
+        partitions as `normalized`, whose table partition is active here,
+        qualify; the ingest agent checks each event's key and partition.
+        """
+        if not self.settings.direct_journeys:
+            return frozenset()
+        consumer = self.app.consumer
+        count = len(self._partitions)
+        if consumer.topic_partitions(self.names.normalized) != count:
+            return frozenset()
+        changelog = self.journeys.changelog_topic.get_topic_name()
+        local = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog}
+        sources = set(self.names.events.values())
+        return frozenset(tp for tp in consumer.assignment()
+                         if tp.topic in sources and tp.partition in local
+                         and consumer.topic_partitions(tp.topic) == count)
+
+    def _home(self, partition: int) -> TP:
+        """Partition ``partition`` of `normalized`: where watermarks and deadlines are kept."""
+        home = self._homes.get(partition)
+        if home is None:
+            home = self._homes[partition] = TP(self.names.normalized, partition)
+        return home
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent, source: str) -> Awaitable[Any]:
         """Send the original bytes to the dead-letter topic with the reason; count it.
@@ -345,8 +407,17 @@ class Pipeline:
         await asyncio.gather(*pending)
 
     async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        decoded = [(event, orjson.loads(event.message.value or b"{}")) for event in events]
+        await self._apply_journeys(stream, decoded, self.journey_sink, batch_token("journey", events))
+
+    async def _apply_journeys(self, stream: Stream, batch: Sequence[tuple[EventT, NormalizedEvent]],
+                              sink: ClickHouseSink, token: str) -> None:
+        """Apply a batch of events to the users' journeys; write its rows; await its changelog.
+
+        ``stream`` is the agent's stream, whose "current event" routes the
+        table's reads and writes to the event's partition.
+        """
         m = self.metrics
-        sink = self.journey_sink
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
         # Window memberships of this batch's entries and transitions, written
@@ -358,12 +429,11 @@ class Pipeline:
         # out of event-time order; applying each batch in event-time order
         # repairs that whenever they meet in one batch (stable sort: ties keep
         # arrival order).
-        decoded: list[tuple[EventT, NormalizedEvent]] = sorted(
-            ((event, orjson.loads(event.message.value or b"{}")) for event in events),
-            key=lambda pair: pair[1]["ts"],
-        )
+        decoded = sorted(batch, key=lambda pair: pair[1]["ts"])
+        home = self._home
         for event, e in decoded:
             msg = event.message
+            tp = home(msg.partition)
             key = msg.key or e["user_id"].encode()
             targets = self.targets(e)
             if not targets:  # valid, but no configured funnel has this stage: kept
@@ -376,8 +446,8 @@ class Pipeline:
                 stream._set_current_event(event)
             state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
             dirty[key] = (state, event)
-            late = self.watermarks.observe(msg.tp, e["ts"])
-            anchors[msg.tp] = event
+            late = self.watermarks.observe(tp, e["ts"])
+            anchors[tp] = event
             for funnel in targets:
                 touched.add((key, funnel.name))
                 result = apply_event(state, e, funnel)
@@ -400,20 +470,21 @@ class Pipeline:
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
         self._track(touched, dirty, anchors, int(now * 1000))
-        self._expire_windows(stream, anchors, dirty, int(now * 1000))
+        self._expire_windows(stream, sink, anchors, dirty, int(now * 1000))
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
         for key, (state, event) in dirty.items():
             stream._set_current_event(event)
             self.journeys[key] = state
+        changelog = self.journeys.take_changelog()  # no await since the writes: ours only
         sink.extend("stage_counts", list(windows.rows()))
-        await sink.flush(batch_token("journey", events))
-        await self.journeys.changelog_delivered()
-        self.processed += len(events)
+        await sink.flush(token)
+        await asyncio.gather(*changelog)
+        self.processed += len(decoded)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
 
-    def _expire_windows(self, stream: Stream, anchors: dict[Any, EventT],
+    def _expire_windows(self, stream: Stream, sink: ClickHouseSink, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
         """Drop-offs for the conversion windows each partition's watermark has passed."""
         m = self.metrics
@@ -432,7 +503,7 @@ class Pipeline:
                     continue
                 drop = expire_window(cached[0], funnel, due.key.decode(), due.stage, due.entered)
                 if drop is not None:
-                    self.journey_sink.add("dropoffs", dropoff_row(drop))
+                    sink.add("dropoffs", dropoff_row(drop))
                     if drop.first:
                         m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)).inc()
 
@@ -441,7 +512,7 @@ class Pipeline:
         """Schedule the conversion window and update the stall counts of users who changed."""
         for key, name in touched:
             state, event = dirty[key]
-            self._follow(event.message.tp, key, state, self.funnels[name], now_ms)
+            self._follow(self._home(event.message.partition), key, state, self.funnels[name], now_ms)
 
     def _follow(self, tp: Any, key: bytes, state: UserState, funnel: FunnelDefinition, now_ms: int) -> None:
         place = furthest(state, funnel)
@@ -455,14 +526,21 @@ class Pipeline:
                            state[funnel.name]["last"], now_ms)
 
     async def _reschedule(self, *args: Any, **kwargs: Any) -> None:
-        """After a rebalance: follow every local user again (the only full scan, once)."""
+        """After a rebalance: follow every local user again (the only full scan, once).
+
+        Also decides which source partitions skip `normalized` from now on.
+        """
+        self._direct = self._direct_partitions()
+        if self._direct:
+            log.info("ingest: events keyed by user id in %d source partitions go straight to the journeys",
+                     len(self._direct))
         self.deadlines.clear()
         self.stalls.clear()
         partitions = list(range(self.settings.topic_partitions))
         now_ms = int(time.time() * 1000)
         users = 0
         for key, state in self.journeys.items():
-            tp = TP(self.names.normalized, self._partitioner(key, partitions, partitions))
+            tp = self._home(self._partitioner(key, partitions, partitions))
             for name in state:
                 if name in self.funnels:
                     self._follow(tp, key, state, self.funnels[name], now_ms)
@@ -524,7 +602,7 @@ class Pipeline:
         self._update_stalls()
         processed, self.processed = self.processed, 0
         rate = processed / self.settings.status_interval_seconds
-        pending = self.journey_sink.pending + self.spend_sink.pending
+        pending = self.journey_sink.pending + self.direct_sink.pending + self.spend_sink.pending
         lag = web.consumer_lag(self)
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
                  rate, "unknown" if lag is None else lag, pending)
@@ -562,6 +640,6 @@ class Pipeline:
         return web.json({"columns": list(result.column_names), "rows": rows})
 
     def close(self) -> None:
-        for sink in (self.journey_sink, self.spend_sink):
+        for sink in (self.journey_sink, self.direct_sink, self.spend_sink):
             sink.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)

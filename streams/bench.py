@@ -1020,8 +1020,9 @@ class _Table(dict[bytes, Any]):
         faust_json.dumps(value)
         super().__setitem__(key, value)
 
-    async def changelog_delivered(self) -> None:
+    def take_changelog(self) -> list[Any]:
         """No broker here: nothing to wait for."""
+        return []
 
 
 def stage_core(ctx: Context) -> None:
@@ -1048,6 +1049,9 @@ def stage_core(ctx: Context) -> None:
     pipeline.journeys, pipeline.normalized = table, normalized  # type: ignore[assignment]
     pipeline.dead_letter = _Capture()  # type: ignore[assignment]
     partitioner, partitions = DefaultPartitioner(), list(range(PARTITIONS))
+    if settings.direct_journeys:  # as a worker owning every partition would decide
+        pipeline._direct = frozenset(TP(topic, p) for topic in pipeline.names.events.values()
+                                     for p in partitions)
 
     def events(topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
         out = []

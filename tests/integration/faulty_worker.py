@@ -1,7 +1,7 @@
 """Test-only launcher: `funnel worker` whose ClickHouse inserts fail on demand.
 
 While the file named by FUNNEL_TEST_CLICKHOUSE_DOWN exists, every insert of the
-journey sink (every funnel table) raises clickhouse-connect's OperationalError
+journey sinks (every funnel table) raises clickhouse-connect's OperationalError
 (what the driver raises when the server cannot be reached) before anything is
 written. The first insert after the file is gone is written and *then*
 reported as failed - an answer lost on its way back - so the sink's retry must
@@ -50,8 +50,11 @@ class FlakyClient:
 
 def make_flaky(pipeline: Pipeline) -> None:
     flag = Path(os.environ[FLAG_ENV])
-    sink = pipeline.journey_sink  # every row of the funnel's tables goes through it
-    sink.client = FlakyClient(sink.client, flag)  # type: ignore[assignment]
+    # Every row of the funnel's tables goes through these two (journey and
+    # ingest agents); one client, so the outage and the lost answer are shared.
+    client = FlakyClient(pipeline.journey_sink.client, flag)
+    for sink in (pipeline.journey_sink, pipeline.direct_sink):
+        sink.client = client  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

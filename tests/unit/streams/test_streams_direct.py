@@ -1,0 +1,191 @@
+"""Events keyed by their user id skip `normalized`: the same journeys and rows, one hop less."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from streams import app as app_module
+from streams.app import Pipeline
+from streams.settings import Settings, load_funnels
+
+PARTITIONS = 4
+NOW_S = 1_790_000_000.0
+partitioner, partitions = DefaultPartitioner(), list(range(PARTITIONS))
+
+
+class RecordingClient:
+    """A clickhouse-connect client that keeps what is inserted."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+
+    def insert(self, table: str, rows: Any, column_names: Any = None, settings: Any = None) -> None:
+        self.rows[table.split(".")[-1]].extend(tuple(row) for row in rows)
+
+
+class Table(dict[bytes, Any]):
+    """The journeys table without a broker: no changelog records to wait for."""
+
+    def take_changelog(self) -> list[Any]:
+        return []
+
+
+class Topic:
+    """Stands for `normalized`: keeps what the ingest agent sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    async def send(self, key: bytes, value: bytes) -> Any:
+        self.sent.append((key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class Stream:
+    def _set_current_event(self, event: Any) -> None:
+        pass
+
+
+def message(topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> Any:
+    tp = TP(topic, partition)
+    return SimpleNamespace(message=SimpleNamespace(topic=topic, partition=partition, offset=offset,
+                                                   key=key, value=value, tp=tp))
+
+
+def home(key: bytes) -> int:
+    return int(partitioner(key, partitions, partitions))
+
+
+@pytest.fixture
+def make_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setattr(app_module.time, "time", lambda: NOW_S)
+    built: list[Pipeline] = []
+
+    def make(*, direct: bool) -> Pipeline:
+        settings = Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, topic_partitions=PARTITIONS,
+                            topic_prefix="t.", direct_journeys=direct)
+        pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
+                            database="funnel", registry=CollectorRegistry())
+        pipeline.journeys, pipeline.normalized = Table(), Topic()  # type: ignore[assignment]
+        if direct:  # what _direct_partitions decides for a worker that owns every partition
+            pipeline._direct = frozenset(TP(t, p) for t in pipeline.names.events.values() for p in partitions)
+        built.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in built:
+        pipeline.close()
+
+
+def traffic(pipeline: Pipeline) -> list[Any]:
+    """Visits, signups and purchases of twelve users, each keyed by its user id in its partition."""
+    topics = pipeline.names.events
+    out = []
+    for i in range(12):
+        user = f"u{i}"
+        steps = ["visit", "signup", "purchase"][: 1 + i % 3]
+        for n, step in enumerate(steps):
+            body: dict[str, Any] = {"event_id": f"00000000-0000-4000-8000-{i:06d}{n:06d}", "event_type": step,
+                                    "user_id": user, "ts": int(NOW_S * 1000) - 3_600_000 + n * 60_000 + i,
+                                    "channel": "ads"}
+            if step == "purchase":
+                body.update(amount="19.90", currency="EUR", order_id=f"o{i}")
+            key = user.encode()
+            out.append(message(topics[step], home(key), len(out), key, orjson.dumps(body)))
+    return out
+
+
+def rows(pipeline: Pipeline) -> dict[str, list[tuple[Any, ...]]]:
+    client: RecordingClient = pipeline.journey_sink.client  # type: ignore[assignment]
+    return {table: sorted(found, key=repr) for table, found in client.rows.items()}
+
+
+def test_keyed_events_skip_normalized_and_give_the_same_rows(make_pipeline: Any) -> None:
+    direct, hop = make_pipeline(direct=True), make_pipeline(direct=False)
+
+    asyncio.run(direct._ingest_batch(Stream(), traffic(direct)))  # type: ignore[arg-type]
+    assert direct.normalized.sent == []  # type: ignore[attr-defined]
+
+    async def through_normalized() -> None:
+        await hop._ingest_batch(Stream(), traffic(hop))  # type: ignore[arg-type]
+        sent = hop.normalized.sent  # type: ignore[attr-defined]
+        assert len(sent) == len(traffic(hop))
+        batch = [message(hop.names.normalized, home(key), offset, key, value)
+                 for offset, (key, value) in enumerate(sent)]
+        await hop._journey_batch(Stream(), batch)  # type: ignore[arg-type]
+
+    asyncio.run(through_normalized())
+    assert rows(direct) == rows(hop)
+    assert {"events", "stage_entries", "transitions", "stage_counts"} <= set(rows(direct))
+    assert len(rows(direct)["events"]) == len(traffic(direct))
+    assert dict(direct.journeys) == dict(hop.journeys)
+    assert direct.processed == hop.processed == len(traffic(direct))
+
+
+def test_events_keyed_otherwise_or_elsewhere_take_normalized(make_pipeline: Any) -> None:
+    pipeline = make_pipeline(direct=True)
+    visit = pipeline.names.events["visit"]
+    # A user whose partition (not u0's) is left out of the direct ones.
+    elsewhere = next(i for i in range(3, 99) if home(f"u{i}".encode()) != home(b"u0"))
+    pipeline._direct = pipeline._direct - {TP(visit, home(f"u{elsewhere}".encode()))}
+    body = {"event_type": "visit", "ts": int(NOW_S * 1000) - 60_000, "channel": "seo"}
+
+    def visit_of(i: int, key: bytes | None, partition: int) -> Any:
+        value = orjson.dumps({**body, "event_id": f"00000000-0000-4000-8000-{i:012d}", "user_id": f"u{i}"})
+        return message(visit, partition, i, key, value)
+
+    batch = [
+        visit_of(0, b"u0", home(b"u0")),  # keyed by its user, in its partition: direct
+        visit_of(1, None, home(b"u1")),  # no key
+        visit_of(2, b"session-2", home(b"u2")),  # keyed by something else
+        visit_of(elsewhere, f"u{elsewhere}".encode(), home(f"u{elsewhere}".encode())),  # not direct here
+        visit_of(99, b"u99", (home(b"u99") + 1) % PARTITIONS),  # keyed by its user, another partition
+    ]
+    asyncio.run(pipeline._ingest_batch(Stream(), batch))  # type: ignore[arg-type]
+    assert [key for key, _ in pipeline.normalized.sent] == [  # type: ignore[attr-defined]
+        b"u1", b"u2", f"u{elsewhere}".encode(), b"u99"]
+    assert list(pipeline.journeys) == [b"u0"]
+    assert [row[0] for row in rows(pipeline)["events"]] == ["00000000-0000-4000-8000-000000000000"]
+
+
+def fake_worker(*, direct: bool = True, counts: dict[str, int] | None = None,
+                assigned: set[TP] | None = None, actives: set[TP] | None = None) -> Any:
+    names = SimpleNamespace(normalized="t.normalized", events={"visit": "t.visit", "signup": "t.signup"})
+    counts = counts or {"t.normalized": 4, "t.visit": 4, "t.signup": 4}
+    consumer = SimpleNamespace(topic_partitions=counts.get, assignment=lambda: assigned or set())
+    changelog = SimpleNamespace(get_topic_name=lambda: "t.journeys-changelog")
+    assignor = SimpleNamespace(assigned_actives=lambda: actives or set())
+    return SimpleNamespace(
+        settings=SimpleNamespace(direct_journeys=direct), names=names, _partitions=partitions,
+        journeys=SimpleNamespace(changelog_topic=changelog),
+        app=SimpleNamespace(consumer=consumer, assignor=assignor),
+    )
+
+
+def test_direct_partitions_are_the_copartitioned_ones_whose_table_partition_is_here() -> None:
+    assigned = {TP(t, p) for t in ("t.visit", "t.signup", "t.normalized") for p in (0, 1)}
+    actives = assigned | {TP("t.journeys-changelog", 0)}  # partition 1 of the table is not active here
+    worker = fake_worker(assigned=assigned, actives=actives)
+    assert Pipeline._direct_partitions(worker) == {TP("t.visit", 0), TP("t.signup", 0)}
+    # A source topic with another partition count is not co-partitioned with the table.
+    worker = fake_worker(assigned=assigned, actives=actives,
+                         counts={"t.normalized": 4, "t.visit": 4, "t.signup": 8})
+    assert Pipeline._direct_partitions(worker) == {TP("t.visit", 0)}
+    # `normalized` not as configured, or the setting off: everything takes the topic.
+    worker = fake_worker(assigned=assigned, actives=actives, counts={"t.normalized": 2, "t.visit": 4})
+    assert Pipeline._direct_partitions(worker) == frozenset()
+    worker = fake_worker(direct=False, assigned=assigned, actives=actives)
+    assert Pipeline._direct_partitions(worker) == frozenset()
