@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -35,6 +36,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 from faust import Stream
+from faust.streams import _current_event
 from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -94,34 +96,110 @@ def batch_token(agent: str, events: Sequence[EventT]) -> str:
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
 
-class JourneyTable(faust.Table):
-    """A Faust table whose changelog records can be awaited.
+#: A changelog record: (partition, serialized key, serialized value).
+ChangelogRecord = tuple[int, bytes | None, bytes | None]
 
-    ``table[key] = value`` hands the changelog record to Faust's producer
-    buffer and forgets it; Faust's own flush gives up after 0.1 s. An agent
-    that wrote takes its records with :meth:`take_changelog` and awaits them
-    before it acknowledges its batch, so a restart never recovers journeys
-    without changes whose offsets are committed.
+
+class _Kept:
+    """What Faust's table reads back from ``send_changelog``: ``.message.partition``."""
+
+    __slots__ = ("message", "partition")
+
+    def __init__(self, partition: int) -> None:
+        self.message, self.partition = self, partition
+
+
+class JourneyTable(faust.Table):
+    """A Faust table whose changelog records are produced in batches and awaited.
+
+    ``table[key] = value`` makes Faust send one changelog record through its
+    producer buffer (a future message, a queue, a task, its producer's
+    per-message send) and forget it; its own flush gives up after 0.1 s.
+    Here the record is only serialized (as Faust would) and kept. The agent
+    that wrote takes its records with :meth:`take_changelog`, produces them
+    with :meth:`produce_changelog` (one batch per partition, straight to the
+    Kafka producer) and awaits them before it acknowledges its batch, so a
+    restart never recovers journeys without changes whose offsets are
+    committed. The records, their topic, partitions and bytes are Faust's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._unconfirmed: list[Awaitable[Any]] = []
+        self._unsent: list[ChangelogRecord] = []
+        self._kept: dict[int, _Kept] = {}
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(fut)
-        return fut
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: Any = None, value_serializer: Any = None) -> Any:
+        if partition is None:  # not routed by an event: Faust's own way
+            return super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        topic = cast(faust.Topic, self.changelog_topic)  # Faust's types name the channel's API only
+        headers = topic.prepare_headers(None)
+        key_bytes, headers = topic.prepare_key(key, key_serializer or self.key_serializer, None, headers)
+        value_bytes, _ = topic.prepare_value(value, value_serializer or self.value_serializer, None, headers)
+        self._unsent.append((partition, key_bytes, value_bytes))
+        kept = self._kept.get(partition)
+        if kept is None:
+            kept = self._kept[partition] = _Kept(partition)
+        return kept
 
-    def take_changelog(self) -> list[Awaitable[Any]]:
-        """The changelog records sent since the last call, for the caller to await.
+    def take_changelog(self) -> list[ChangelogRecord]:
+        """The changelog records written since the last call, for the caller to produce.
 
         Two agents write the table (journey, and ingest for events keyed by
         user): each takes its records right after its writes, with no await
-        in between, so each awaits exactly its own.
+        in between, so each produces and awaits exactly its own.
         """
-        taken, self._unconfirmed = self._unconfirmed, []
+        taken, self._unsent = self._unsent, []
         return taken
+
+    async def produce_changelog(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
+        """Hand ``records`` to the Kafka producer, one batch per partition; the batches' futures.
+
+        Each delivered batch records its partition's persisted offset, as
+        Faust's per-record callback does (the RocksDB store starts its
+        recovery there); the batch's first offset, so a restart may read a
+        few records again, never skip one.
+        """
+        by_partition: dict[int, list[ChangelogRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record[0], []).append(record)
+        producer = self.app.producer
+        kafka = cast(Any, producer)._ensure_producer()
+        topic = self.changelog_topic.get_topic_name()
+        futures: list[asyncio.Future[Any]] = []
+        for partition, part in by_partition.items():
+            tp = TP(topic, partition)
+            batch = kafka.create_batch()
+            for _, key, value in part:
+                if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it
+                    futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
+                    batch = kafka.create_batch()
+                    if batch.append(timestamp=None, key=key, value=value) is None:
+                        raise ValueError(f"a journey of {len(value or b'')} bytes exceeds a producer batch")
+            futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
+        return futures
+
+    def _sent(self, future: asyncio.Future[Any], tp: TP) -> asyncio.Future[Any]:
+        def persisted(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.data.set_persisted_offset(tp, done.result().offset)
+
+        future.add_done_callback(persisted)
+        return future
+
+
+def route_table_to(event: EventT) -> None:
+    """Make Faust's tables read and write ``event``'s partition, in this task.
+
+    Faust's tables take the partition (of the store, of the changelog
+    record) from the task's "current event". ``Stream._set_current_event``
+    would also set the stream's shared ``current_event``, and the stream's
+    take buffer, when it waits for the agent to finish a batch, buffers the
+    stream's ``current_event`` once it may go on: set by an agent in
+    between, that is one of the agent's events instead of the new one (one
+    event lost, one done twice). So only the task's variable is set.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 def _view(handler: Any) -> Any:
@@ -332,7 +410,7 @@ class Pipeline:
                 continue
             pending.append(await self.normalized.send(key=user, value=orjson.dumps(norm)))
         if direct:
-            await self._apply_journeys(stream, direct, self.direct_sink,
+            await self._apply_journeys(direct, self.direct_sink,
                                        batch_token("journey-direct", [event for event, _ in direct]))
         # Delivered before acknowledged: nothing is lost between topics.
         await asyncio.gather(*pending)
@@ -408,15 +486,11 @@ class Pipeline:
 
     async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
         decoded = [(event, orjson.loads(event.message.value or b"{}")) for event in events]
-        await self._apply_journeys(stream, decoded, self.journey_sink, batch_token("journey", events))
+        await self._apply_journeys(decoded, self.journey_sink, batch_token("journey", events))
 
-    async def _apply_journeys(self, stream: Stream, batch: Sequence[tuple[EventT, NormalizedEvent]],
+    async def _apply_journeys(self, batch: Sequence[tuple[EventT, NormalizedEvent]],
                               sink: ClickHouseSink, token: str) -> None:
-        """Apply a batch of events to the users' journeys; write its rows; await its changelog.
-
-        ``stream`` is the agent's stream, whose "current event" routes the
-        table's reads and writes to the event's partition.
-        """
+        """Apply a batch of events to the users' journeys; write its rows; await its changelog."""
         m = self.metrics
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
@@ -443,7 +517,7 @@ class Pipeline:
             if cached is None:
                 # Faust's RocksDB store reads (and writes) the partition of the
                 # "current event": point it at this message before touching the table.
-                stream._set_current_event(event)
+                route_table_to(event)
             state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
             dirty[key] = (state, event)
             late = self.watermarks.observe(tp, e["ts"])
@@ -470,21 +544,22 @@ class Pipeline:
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
         self._track(touched, dirty, anchors, int(now * 1000))
-        self._expire_windows(stream, sink, anchors, dirty, int(now * 1000))
+        self._expire_windows(sink, anchors, dirty, int(now * 1000))
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
         for key, (state, event) in dirty.items():
-            stream._set_current_event(event)
+            route_table_to(event)
             self.journeys[key] = state
         changelog = self.journeys.take_changelog()  # no await since the writes: ours only
         sink.extend("stage_counts", list(windows.rows()))
+        delivered = await self.journeys.produce_changelog(changelog)
         await sink.flush(token)
-        await asyncio.gather(*changelog)
+        await asyncio.gather(*delivered)
         self.processed += len(decoded)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
 
-    def _expire_windows(self, stream: Stream, sink: ClickHouseSink, anchors: dict[Any, EventT],
+    def _expire_windows(self, sink: ClickHouseSink, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
         """Drop-offs for the conversion windows each partition's watermark has passed."""
         m = self.metrics
@@ -494,7 +569,7 @@ class Pipeline:
                 funnel = self.funnels.get(due.funnel)
                 cached = dirty.get(due.key)
                 if cached is None:
-                    stream._set_current_event(anchor)
+                    route_table_to(anchor)
                     state = self.journeys.get(due.key)
                     if not state or funnel is None:
                         continue
