@@ -158,7 +158,7 @@ class FunnelWeb:
             "last_event_time": None if last is None else _iso_ms(last),
             "last_event_age_seconds": None if last is None else round(time.time() - last / 1000, 1),
             "consumer_lag": consumer_lag(p),
-            "sink_backlog_rows": p.journey_sink.pending,
+            "sink_backlog_rows": p.journey_sink.pending + p.direct_sink.pending,
             "sink_errors_total": int(_counter_total(m.sink_errors)),
         }
 

@@ -43,7 +43,8 @@ class _Reader:
 def _pipeline(reader: Any, database: str = "funnel", **extra: Any) -> Any:
     parts: dict[str, Any] = {
         "reader": reader, "database": database, "funnels": {"default": DEFAULT_FUNNEL},
-        "settings": Settings(channels="seo,ads", app_id="test-app"), "journey_sink": _Sink(),
+        "settings": Settings(channels="seo,ads", app_id="test-app"),
+        "journey_sink": _Sink(), "direct_sink": _Sink(),
         "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None,
         "ready": True, "names": SimpleNamespace(events={"visit": "f.visit"}, normalized="f.normalized"),
     }
