@@ -39,7 +39,8 @@ pytestmark = pytest.mark.integration
 
 SEED = 4008
 USERS = 8_000  # ~9 300 events
-KILL_AFTER = 6.0  # seconds into the stream
+RATE = 2_000  # events/s: producing the stream takes about 5 s
+KILL_AFTER = 2.0  # seconds into the stream, while it is still being produced
 
 QUERIES = {
     "events": "SELECT event_id, event_type, currency, toString(amount) FROM funnel.events FINAL",
@@ -59,7 +60,7 @@ def test_two_workers_one_killed_the_other_takes_over(pipeline_env: dict[str, str
         try:
             wait_until(lambda: both_ready(a, b), 60, "both workers to share the partitions")
             with generating(
-                pipeline_env, truth, "--seed", str(SEED), "--users", str(USERS), "--rate", "20000",
+                pipeline_env, truth, "--seed", str(SEED), "--users", str(USERS), "--rate", str(RATE),
                 "--stage-delay", "0.5", log_path=tmp_path / "generate.log",
             ) as generator:
                 time.sleep(KILL_AFTER)
