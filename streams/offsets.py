@@ -172,8 +172,11 @@ class RewindingConsumer(EagerConsumer):
                 continue
             if not flow.is_active():
                 await flow.acquire()  # a seek may come meanwhile: check offsets after
-                if message.generation_id != self.app.consumer_generation_id:
-                    continue  # fetched before a rebalance: streams drop it, the seek reads it again
+            if message.generation_id != self.app.consumer_generation_id:
+                # Fetched before a rebalance (waiting for flow control or not):
+                # Faust's streams would drop it and acknowledge it anyway;
+                # the rebalance's seek, or the hole it leaves, reads it again.
+                continue
             offset = message.offset
             want = expected.get(tp)
             if want is not None and offset != want:

@@ -276,3 +276,18 @@ def test_messages_from_before_a_rebalance_are_not_handed_out(consumer: Rewinding
         return handed
     assert _run(consumer, both()) == []
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
+
+
+def test_messages_of_an_older_generation_are_not_handed_out_while_flow_runs(
+        consumer: RewindingConsumer) -> None:
+    """Fetched before a rebalance, handed out after it with flow control on: streams would drop
+    them and acknowledge them, and commits would pass them. They are read again instead."""
+    Broker(consumer, assigned={VISIT})  # offsets committed: 27
+    Fetches(consumer, {VISIT: [27, 28]}, {VISIT: [27, 28]})
+    _run(consumer, consumer.perform_seek())
+    fresh = consumer._to_message
+    consumer._to_message = lambda tp, record: SimpleNamespace(  # type: ignore
+        tp=tp, offset=record.offset, generation_id=consumer.app.consumer_generation_id - 1)
+    assert _hand_out(consumer) == []
+    consumer._to_message = fresh  # type: ignore[method-assign]
+    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
