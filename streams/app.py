@@ -342,7 +342,7 @@ class Pipeline:
             for name in [f.name for f in self.targets(norm)] or ["none"]:
                 m.child(m.events, name, event_type).inc()
             user = norm["user_id"].encode()
-            if (msg.tp in direct_tps and msg.key == user
+            if (direct_tps and msg.tp in direct_tps and msg.key == user
                     and partitioner(user, partitions, partitions) == msg.partition):
                 direct.append((event, norm))
                 continue
@@ -548,7 +548,7 @@ class Pipeline:
                      len(self._direct))
         self.deadlines.clear()
         self.stalls.clear()
-        partitions = list(range(self.settings.topic_partitions))
+        partitions = self._partitions
         now_ms = int(time.time() * 1000)
         users = 0
         for key, state in self.journeys.items():
