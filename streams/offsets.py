@@ -38,6 +38,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
@@ -110,10 +111,13 @@ class RewindingConsumer(EagerConsumer):
         # here until its start offset has been acknowledged.
         self._rewound: dict[TP, int | None] = {}
         # Partition -> the next offset to hand out: one past the last handed
-        # out, or the committed offset after a seek. Exact, unlike Faust's
+        # out, or after a seek the committed offset (the start if none). Exact, unlike Faust's
         # read offsets, which a seek sets to the committed offset as if that
         # message had been read.
         self._next: dict[TP, int] = {}
+        # Stream partition -> its start, for those the last seek found no
+        # committed offset for (seek_to_committed fills it).
+        self._starts: dict[TP, int] = {}
         # Partition -> the first offset of a hole it is reading again.
         self._refetching: dict[TP, int] = {}
         # Partition -> (since when its commits wait for unacknowledged
@@ -128,9 +132,30 @@ class RewindingConsumer(EagerConsumer):
         for tp in tps:
             self._rewound[tp] = None
 
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets, and stream partitions without one to their start.
+
+        aiokafka seeks only partitions committed past offset 0; the others
+        stay where the fetcher is. After recovery suspended flow control, that
+        is past the messages it fetched and Faust's streams dropped: a
+        partition nobody had committed yet lost them (97 messages of a
+        ``purchase`` partition in a crash test).
+        """
+        committed = await super().seek_to_committed()
+        unset = [ensure_TP(tp) for tp, offset in committed.items()
+                 if not offset and not self._is_changelog_tp(ensure_TP(tp))]
+        starts = {}
+        if unset:
+            starts = {tp: int(offset) for tp, offset in (await self.earliest_offsets(*unset)).items()}
+        for tp, offset in starts.items():
+            await self._seek(tp, offset)
+        self._starts = starts
+        return committed
+
     async def perform_seek(self) -> None:
         # After a rebalance Faust seeks to the committed offsets, which the
         # new broker may hold from before the loss was seen: rewind again.
+        self._starts = {}
         await super().perform_seek()
         for tp in self._rewound:
             self._rewound[tp] = None
@@ -138,6 +163,7 @@ class RewindingConsumer(EagerConsumer):
         self._blocked.clear()
         self._next.clear()  # in place: a fetch being handed out holds this dict
         self._next.update((tp, offset) for tp, offset in self._committed_offset.items() if offset is not None)
+        self._next.update(self._starts)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         """Faust's fetched messages, each partition's strictly in offset order, none skipped.
@@ -155,7 +181,7 @@ class RewindingConsumer(EagerConsumer):
 
         Here a stream partition's messages are handed out only while flow
         control is on, and only in order from the next offset expected (the
-        committed offset after a seek). A message past it makes the partition
+        committed offset, or the start, after a seek). A message past it makes the partition
         be read again from there (its later messages in this fetch are
         dropped); a hole that is still there when read again is committed
         past, so a truncated topic cannot loop. Changelogs are Faust's.

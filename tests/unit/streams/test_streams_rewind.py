@@ -24,7 +24,8 @@ OTHER = TP("funnel.visit", 1)
 class Broker:
     """What the consumer asked of the broker."""
 
-    def __init__(self, consumer: RewindingConsumer, assigned: set[TP], earliest: int = 0) -> None:
+    def __init__(self, consumer: RewindingConsumer, assigned: set[TP], earliest: int = 0,
+                 committed: dict[TP, int | None] | None = None) -> None:
         self.seeks: list[dict[TP, int]] = []
         self.commits: list[dict[TP, int]] = []
         consumer.assignment = lambda: assigned  # type: ignore[method-assign]
@@ -39,13 +40,18 @@ class Broker:
             self.commits.append(dict(offsets))
             return True
 
-        async def seek_to_committed() -> dict[TP, int]:
-            return {tp: 27 for tp in assigned}  # offsets committed before the loss was seen
+        async def seek_to_committed() -> dict[TP, int | None]:
+            # offsets committed (by default 27, as before a loss was seen)
+            return {tp: 27 for tp in assigned} if committed is None else dict(committed)
+
+        async def seek(tp: TP, offset: int) -> None:
+            self.seeks.append({tp: offset})
 
         consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
         consumer.seek_wait = seek_wait  # type: ignore[method-assign]
         consumer._commit = commit  # type: ignore[method-assign]
-        consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        consumer._thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        consumer._seek = seek  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -291,3 +297,35 @@ def test_messages_of_an_older_generation_are_not_handed_out_while_flow_runs(
     assert _hand_out(consumer) == []
     consumer._to_message = fresh  # type: ignore[method-assign]
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
+
+
+def test_partitions_without_a_committed_offset_are_sought_to_their_start(consumer: RewindingConsumer) -> None:
+    """aiokafka seeks only partitions committed past 0: the others would stay where the fetcher is."""
+    changelog = TP(next(iter(consumer.app.tables.changelog_topics)), 0)
+    broker = Broker(consumer, assigned={VISIT, OTHER, changelog}, earliest=2,
+                    committed={VISIT: None, OTHER: 27, changelog: None})
+    _run(consumer, consumer.perform_seek())
+    assert broker.seeks == [{VISIT: 2}]  # recovery seeks the changelogs itself
+    assert consumer._next == {VISIT: 2, OTHER: 27}
+    assert consumer._committed_offset[VISIT] is None  # nothing was committed: Faust's view stays
+
+
+def test_messages_dropped_while_flow_was_off_are_read_again_where_nothing_was_committed(
+        consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash test lost offsets 3-99 of a partition nobody had committed yet.
+
+    The worker handed out 0-2; recovery then suspended flow control, Faust's
+    fetch loop dropped the fetch it held and sought to the committed offsets,
+    which left this partition where the fetcher was, past the dropped ones.
+    """
+    Broker(consumer, assigned={VISIT}, committed={VISIT: None})
+    fetches = Fetches(consumer, {VISIT: [0, 1, 2]}, {VISIT: [3, 4, 5]}, {VISIT: [6, 7]},
+                      {VISIT: list(range(8))})
+    assert _hand_out(consumer) == [(VISIT, 0), (VISIT, 1), (VISIT, 2)]
+    consumer.flow_active = False  # recovery: Faust's loop drops the fetch and seeks
+    assert _hand_out(consumer) == []
+    consumer.flow_active = True
+    assert _hand_out(consumer) == []  # 6 is past 3-5, which were never handed out
+    assert fetches.seeks == [(VISIT, 0), (VISIT, 0)]  # to the start, then back to the hole
+    assert "offsets 0-5 of funnel.visit[0] were fetched but not handed out" in caplog.text
+    assert _hand_out(consumer) == [(VISIT, o) for o in range(8)]  # 0-2 again: the pipeline is idempotent
