@@ -5,7 +5,13 @@ offset of the partition's last record *batch* plus one, not the offset after
 its last record: ten records produced in one batch report an end of 1. Kafka
 answers correctly. Fetch responses carry the right high watermark on both, so
 the end is found by reading from the reported end minus one (the last batch's
-first record): at most one batch per partition.
+first record): at most one batch per partition. The fetch's high watermark
+wins over the reported end either way. The embedded broker acknowledges a
+record produced to a topic it does not have (a producer whose metadata is
+from before a restart) and stores it nowhere; once the topic is created,
+ListOffsets reports an end of 1 for a partition its fetches call empty. A
+worker that wrote a journey's changelog record that way waited in table
+recovery for ever.
 
 Faust's table recovery reads each changelog partition up to ``end_offsets()``;
 with the embedded broker it stopped inside the last batch and a restarted
@@ -48,15 +54,20 @@ __all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
 
 log = logging.getLogger(__name__)
 
+#: How long end offsets wait for a fetch to tell a partition's high watermark.
+READ_END_TIMEOUT_SECONDS = 10.0
+
 #: How long a partition's commits may wait for unacknowledged offsets before that is logged.
 BLOCKED_COMMIT_WARN_SECONDS = 60.0
 
 
-async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any]) -> dict[Any, int]:
+async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any],
+                           timeout: float = READ_END_TIMEOUT_SECONDS) -> dict[Any, int]:
     """The next offset of every partition in ``tps``, read with ``consumer``.
 
     ``consumer`` must be started, in no group; it is assigned ``tps`` and left
-    positioned somewhere in their last batches.
+    positioned somewhere in their last batches. A partition no fetch answers
+    for within ``timeout`` seconds keeps the end the broker reported.
     """
     wanted = list(tps)
     if not wanted:
@@ -67,15 +78,19 @@ async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any]) -> di
     for tp in wanted:
         consumer.seek(tp, max(ends[tp] - 1, 0))
     open_tps = {tp for tp in wanted if ends[tp] > 0}
+    deadline = monotonic() + timeout
     while open_tps:
         batch = await consumer.getmany(*open_tps, timeout_ms=500)
-        if not batch:
-            break
         for tp, records in batch.items():
-            high = consumer.highwater(tp)
-            ends[tp] = max(ends[tp], records[-1].offset + 1, high or 0)
-            if high is not None:  # the fetch told the true end: done with this one
-                open_tps.discard(tp)
+            ends[tp] = max(ends[tp], records[-1].offset + 1)
+        told = {tp for tp in open_tps if consumer.highwater(tp) is not None}
+        for tp in told:  # the fetch's high watermark is the end, even below the reported one
+            ends[tp] = int(cast(int, consumer.highwater(tp)))
+        open_tps -= told
+        if open_tps and monotonic() > deadline:
+            log.warning("no fetch answered for %s within %.0f s: taking the ends the broker reported",
+                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(open_tps)), timeout)
+            break
     return ends
 
 
