@@ -4,7 +4,7 @@ Data flow (README, "Data flow"):
 
     funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
-                     \\--------> journeys (FUNNEL_DIRECT_JOURNEYS=true), for events keyed by user id
+                     \\--------> journeys, for events keyed by user id
                                  in the partition `normalized` would use
     funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs
                                    and stage_counts (window memberships, same batch)

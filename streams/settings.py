@@ -87,9 +87,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch."
     )
     direct_journeys: bool = Field(
-        False, description="FUNNEL_DIRECT_JOURNEYS: apply events keyed by their user id, in the "
-        "partition `normalized` would give them, to the journeys in the ingest agent (one hop less; "
-        "opt-in, see the README); false sends every event through `normalized`."
+        True, description="FUNNEL_DIRECT_JOURNEYS: apply events keyed by their user id, in the "
+        "partition `normalized` would give them, to the journeys in the ingest agent (one hop less); "
+        "false sends every event through `normalized`."
     )
     channels: str = Field(
         "seo,ads,social,email,partner,direct,referral",
