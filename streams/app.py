@@ -96,34 +96,96 @@ def batch_token(agent: str, events: Sequence[EventT]) -> str:
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
 
-class JourneyTable(faust.Table):
-    """A Faust table whose changelog records can be awaited.
+#: A changelog record: (partition, serialized key, serialized value).
+ChangelogRecord = tuple[int, bytes | None, bytes | None]
 
-    ``table[key] = value`` hands the changelog record to Faust's producer
-    buffer and forgets it; Faust's own flush gives up after 0.1 s. An agent
-    that wrote takes its records' futures with :meth:`take_changelog` and
-    awaits them before it acknowledges its batch, so a restart never recovers
-    journeys without changes whose offsets are committed.
+
+class _Kept:
+    """What Faust's table reads back from ``send_changelog``: ``.message.partition``."""
+
+    __slots__ = ("message", "partition")
+
+    def __init__(self, partition: int) -> None:
+        self.message, self.partition = self, partition
+
+
+class JourneyTable(faust.Table):
+    """A Faust table whose changelog records are produced in batches and awaited.
+
+    ``table[key] = value`` makes Faust send one changelog record through its
+    producer buffer (a future message, a queue, a task, its producer's
+    per-message send) and forget it; its own flush gives up after 0.1 s.
+    Here the record is only serialized (as Faust would) and kept. The agent
+    that wrote takes its records with :meth:`take_changelog`, produces them
+    with :meth:`produce_changelog` (one batch per partition, straight to the
+    Kafka producer) and awaits them before it acknowledges its batch, so a
+    restart never recovers journeys without changes whose offsets are
+    committed. The records, their topic, partitions and bytes are Faust's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._unconfirmed: list[Awaitable[Any]] = []
+        self._unsent: list[ChangelogRecord] = []
+        self._kept: dict[int, _Kept] = {}
 
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        fut = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(fut)
-        return fut
+    def send_changelog(self, partition: int | None, key: Any, value: Any,
+                       key_serializer: Any = None, value_serializer: Any = None) -> Any:
+        if partition is None:  # not routed by an event: Faust's own way
+            return super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        topic = cast(faust.Topic, self.changelog_topic)  # Faust's types name the channel's API only
+        headers = topic.prepare_headers(None)
+        key_bytes, headers = topic.prepare_key(key, key_serializer or self.key_serializer, None, headers)
+        value_bytes, _ = topic.prepare_value(value, value_serializer or self.value_serializer, None, headers)
+        self._unsent.append((partition, key_bytes, value_bytes))
+        kept = self._kept.get(partition)
+        if kept is None:
+            kept = self._kept[partition] = _Kept(partition)
+        return kept
 
-    def take_changelog(self) -> list[Awaitable[Any]]:
-        """The changelog records sent since the last call, for the caller to await.
+    def take_changelog(self) -> list[ChangelogRecord]:
+        """The changelog records written since the last call, for the caller to produce.
 
         Two agents write the table (journey, and ingest for events keyed by
         user): each takes its records right after its writes, with no await
-        in between, so each awaits exactly its own.
+        in between, so each produces and awaits exactly its own.
         """
-        taken, self._unconfirmed = self._unconfirmed, []
+        taken, self._unsent = self._unsent, []
         return taken
+
+    async def produce_changelog(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
+        """Hand ``records`` to the Kafka producer, one batch per partition; the batches' futures.
+
+        Each delivered batch records its partition's persisted offset, as
+        Faust's per-record callback does (the RocksDB store starts its
+        recovery there); the batch's first offset, so a restart may read a
+        few records again, never skip one.
+        """
+        by_partition: dict[int, list[ChangelogRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record[0], []).append(record)
+        producer = self.app.producer
+        kafka = cast(Any, producer)._ensure_producer()
+        topic = self.changelog_topic.get_topic_name()
+        futures: list[asyncio.Future[Any]] = []
+        for partition, part in by_partition.items():
+            tp = TP(topic, partition)
+            batch = kafka.create_batch()
+            for _, key, value in part:
+                if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it
+                    futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
+                    batch = kafka.create_batch()
+                    if batch.append(timestamp=None, key=key, value=value) is None:
+                        raise ValueError(f"a journey of {len(value or b'')} bytes exceeds a producer batch")
+            futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
+        return futures
+
+    def _sent(self, future: asyncio.Future[Any], tp: TP) -> asyncio.Future[Any]:
+        def persisted(done: asyncio.Future[Any]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.data.set_persisted_offset(tp, done.result().offset)
+
+        future.add_done_callback(persisted)
+        return future
 
 
 def route_table_to(event: EventT) -> None:
@@ -490,8 +552,9 @@ class Pipeline:
             self.journeys[key] = state
         changelog = self.journeys.take_changelog()  # no await since the writes: ours only
         sink.extend("stage_counts", list(windows.rows()))
+        delivered = await self.journeys.produce_changelog(changelog)
         await sink.flush(token)
-        await asyncio.gather(*changelog)
+        await asyncio.gather(*delivered)
         self.processed += len(decoded)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])

@@ -1021,7 +1021,10 @@ class _Table(dict[bytes, Any]):
         super().__setitem__(key, value)
 
     def take_changelog(self) -> list[Any]:
-        """No broker here: nothing to wait for."""
+        """No broker here: nothing to produce or wait for."""
+        return []
+
+    async def produce_changelog(self, records: Any) -> list[Any]:
         return []
 
 

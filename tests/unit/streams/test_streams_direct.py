@@ -55,6 +55,9 @@ class Table(dict[bytes, Any]):
     def take_changelog(self) -> list[Any]:
         return []
 
+    async def produce_changelog(self, records: Any) -> list[Any]:
+        return []
+
 
 class Topic:
     """Stands for `normalized`: keeps what the ingest agent sends."""
@@ -216,3 +219,77 @@ def test_direct_partitions_are_the_copartitioned_ones_whose_table_partition_is_h
     worker = fake_worker(direct=False, assigned=assigned, actives=actives)
     assert Pipeline._direct_partitions(worker) == frozenset()
 
+
+class Batch:
+    """aiokafka's BatchBuilder, full after ``room`` records."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.records = room, []  # type: ignore[var-annotated]
+
+    def append(self, *, timestamp: Any, key: bytes | None, value: bytes | None) -> Any:
+        if len(self.records) == self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class Kafka:
+    """The Kafka producer under Faust's: batches sent, offsets handed out per partition."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.sent = room, []  # type: ignore[var-annotated]
+        self.ends: dict[int, int] = defaultdict(int)
+
+    def create_batch(self) -> Batch:
+        return Batch(self.room)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+        self.sent.append((topic, partition, batch.records))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(offset=self.ends[partition]))
+        self.ends[partition] += len(batch.records)
+        return done
+
+
+@pytest.fixture
+def journeys(tmp_path: Path) -> Iterator[Any]:
+    settings = Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, topic_prefix="t.")
+    pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
+                        database="funnel", registry=CollectorRegistry())
+    yield pipeline.journeys
+    pipeline.close()
+
+
+def test_changelog_records_are_faust_s_bytes_produced_in_batches_per_partition(
+        journeys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    kafka = Kafka(room=2)
+    monkeypatch.setattr(journeys.app.producer, "_ensure_producer", lambda: kafka)
+    persisted: dict[TP, int] = {}
+    monkeypatch.setattr(journeys.data, "set_persisted_offset", persisted.__setitem__)
+    writes = [(1, b"u1", {"f": {"s": [1]}}), (2, b"u2", {"f": {}}), (1, b"u3", {}), (1, b"u4", {"x": 1})]
+    partition_of = {key: partition for partition, key, _ in writes}
+    monkeypatch.setattr(journeys, "partition_for_key", partition_of.__getitem__)  # the current event's
+    for _, key, value in writes:
+        journeys.on_key_set(key, value)  # what `journeys[key] = value` calls
+    records = journeys.take_changelog()
+    assert journeys.take_changelog() == []  # taken once
+    topic = journeys.changelog_topic
+
+    async def faust_would_send() -> list[Any]:  # a FutureMessage needs a running loop
+        return [topic.as_future_message(key=key, value=value, partition=partition,
+                                        key_serializer=journeys.key_serializer,
+                                        value_serializer=journeys.value_serializer).message
+                for partition, key, value in writes]
+
+    expected = asyncio.run(faust_would_send())
+    assert records == [(m.partition, m.key, m.value) for m in expected]
+
+    async def produce() -> None:
+        await asyncio.gather(*await journeys.produce_changelog(records))
+
+    asyncio.run(produce())
+    name = topic.get_topic_name()
+    assert [(t, p, [key for key, _ in batch]) for t, p, batch in kafka.sent] == [
+        (name, 1, [b"u1", b"u3"]), (name, 1, [b"u4"]), (name, 2, [b"u2"])]
+    # Each partition's persisted offset: the first offset of its last batch.
+    assert persisted == {TP(name, 1): 2, TP(name, 2): 0}
