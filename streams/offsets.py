@@ -126,9 +126,9 @@ class RewindingConsumer(EagerConsumer):
         # here until its start offset has been acknowledged.
         self._rewound: dict[TP, int | None] = {}
         # Partition -> the next offset to hand out: one past the last handed
-        # out, or after a seek the committed offset (the start if none). Exact, unlike Faust's
-        # read offsets, which a seek sets to the committed offset as if that
-        # message had been read.
+        # out, or after a seek the committed offset (the start if none).
+        # Exact, unlike Faust's read offsets, which a seek sets to the
+        # committed offset as if that message had been read.
         self._next: dict[TP, int] = {}
         # Stream partition -> its start, for those the last seek found no
         # committed offset for (seek_to_committed fills it).
@@ -196,9 +196,9 @@ class RewindingConsumer(EagerConsumer):
 
         Here a stream partition's messages are handed out only while flow
         control is on, and only in order from the next offset expected (the
-        committed offset, or the start, after a seek). A message past it makes the partition
-        be read again from there (its later messages in this fetch are
-        dropped); a hole that is still there when read again is committed
+        committed offset, or the start, after a seek). A message past it
+        makes the partition be read again from there (its later messages in
+        this fetch are dropped); a hole that is still there when read again is committed
         past, so a truncated topic cannot loop. Changelogs are Faust's.
         """
         expected = self._next
