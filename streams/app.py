@@ -281,7 +281,8 @@ class Pipeline:
         # Source partitions whose events keyed by their user id go straight
         # to the journeys (set at each rebalance, see _direct_partitions).
         self._direct: frozenset[TP] = frozenset()
-        self._homes: dict[int, TP] = {}  # partition -> that partition of `normalized`
+        # partition -> that partition of `normalized`: where watermarks and deadlines are kept
+        self._homes = tuple(TP(self.names.normalized, p) for p in self._partitions)
         self.last_event_ms: int | None = None  # newest event time processed
         self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
         self.app = self._build_app()
@@ -440,13 +441,6 @@ class Pipeline:
                          if tp.topic in sources and tp.partition in local
                          and consumer.topic_partitions(tp.topic) == count)
 
-    def _home(self, partition: int) -> TP:
-        """Partition ``partition`` of `normalized`: where watermarks and deadlines are kept."""
-        home = self._homes.get(partition)
-        if home is None:
-            home = self._homes[partition] = TP(self.names.normalized, partition)
-        return home
-
     async def _dead_letter(self, msg: Any, exc: InvalidEvent, source: str) -> Awaitable[Any]:
         """Send the original bytes to the dead-letter topic with the reason; count it.
 
@@ -504,10 +498,10 @@ class Pipeline:
         # repairs that whenever they meet in one batch (stable sort: ties keep
         # arrival order).
         decoded = sorted(batch, key=lambda pair: pair[1]["ts"])
-        home = self._home
+        homes = self._homes
         for event, e in decoded:
             msg = event.message
-            tp = home(msg.partition)
+            tp = homes[msg.partition]
             key = msg.key or e["user_id"].encode()
             targets = self.targets(e)
             if not targets:  # valid, but no configured funnel has this stage: kept
@@ -587,7 +581,7 @@ class Pipeline:
         """Schedule the conversion window and update the stall counts of users who changed."""
         for key, name in touched:
             state, event = dirty[key]
-            self._follow(self._home(event.message.partition), key, state, self.funnels[name], now_ms)
+            self._follow(self._homes[event.message.partition], key, state, self.funnels[name], now_ms)
 
     def _follow(self, tp: Any, key: bytes, state: UserState, funnel: FunnelDefinition, now_ms: int) -> None:
         place = furthest(state, funnel)
@@ -615,7 +609,7 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         users = 0
         for key, state in self.journeys.items():
-            tp = self._home(self._partitioner(key, partitions, partitions))
+            tp = self._homes[self._partitioner(key, partitions, partitions)]
             for name in state:
                 if name in self.funnels:
                     self._follow(tp, key, state, self.funnels[name], now_ms)

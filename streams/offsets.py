@@ -157,8 +157,8 @@ class RewindingConsumer(EagerConsumer):
         ``purchase`` partition in a crash test).
         """
         committed = await super().seek_to_committed()
-        unset = [ensure_TP(tp) for tp, offset in committed.items()
-                 if not offset and not self._is_changelog_tp(ensure_TP(tp))]
+        unset = [tp for tp in (ensure_TP(tp) for tp, offset in committed.items() if not offset)
+                 if not self._is_changelog_tp(tp)]
         starts = {}
         if unset:
             starts = {tp: int(offset) for tp, offset in (await self.earliest_offsets(*unset)).items()}
@@ -170,7 +170,6 @@ class RewindingConsumer(EagerConsumer):
     async def perform_seek(self) -> None:
         # After a rebalance Faust seeks to the committed offsets, which the
         # new broker may hold from before the loss was seen: rewind again.
-        self._starts = {}
         await super().perform_seek()
         for tp in self._rewound:
             self._rewound[tp] = None
