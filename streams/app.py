@@ -285,6 +285,7 @@ class Pipeline:
         self._homes = tuple(TP(self.names.normalized, p) for p in self._partitions)
         self.last_event_ms: int | None = None  # newest event time processed
         self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
+        self._changelog_lost = False  # the broker lost the journey changelog: rewrite it
         self.app = self._build_app()
 
     # -- wiring ---------------------------------------------------------------
@@ -434,12 +435,16 @@ class Pipeline:
         count = len(self._partitions)
         if consumer.topic_partitions(self.names.normalized) != count:
             return frozenset()
-        changelog = self.journeys.changelog_topic.get_topic_name()
-        local = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog}
+        local = self._active_table_partitions()
         sources = set(self.names.events.values())
         return frozenset(tp for tp in consumer.assignment()
                          if tp.topic in sources and tp.partition in local
                          and consumer.topic_partitions(tp.topic) == count)
+
+    def _active_table_partitions(self) -> set[int]:
+        """The journeys table's partitions this worker is the active one for."""
+        changelog = self.journeys.changelog_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog}
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent, source: str) -> Awaitable[Any]:
         """Send the original bytes to the dead-letter topic with the reason; count it.
@@ -665,6 +670,36 @@ class Pipeline:
             consumed = [*self.names.events.values(), self.names.spend, self.names.normalized]
             cast(RewindingConsumer, self.app.consumer).rewind(
                 TP(topic, p) for topic in consumed for p in range(self.settings.topic_partitions))
+            self._changelog_lost = self._changelog_lost or changelog in created
+        if self._changelog_lost:
+            await self._rewrite_changelog()
+
+    async def _rewrite_changelog(self) -> None:
+        """Write every journey this worker holds to the changelog again: the broker lost it.
+
+        Only in memory now, the journeys changed before the loss would be
+        missing from a later recovery (a restart, a rebalance). One record per
+        user, taken with no await after reading the table, as an agent's
+        batch is; a batch written later comes after it. If the broker refuses
+        it, the next topic check tries again.
+        """
+        started = time.monotonic()
+        partitions, table = self._partitions, self.journeys
+        active = self._active_table_partitions()  # a standby's copy may be behind its active's
+        for key, state in table.items():
+            partition = self._partitioner(key, partitions, partitions)
+            if partition in active:
+                table.send_changelog(partition, key, state)
+        records = table.take_changelog()
+        try:
+            await asyncio.gather(*await table.produce_changelog(records))
+        except KafkaError as exc:
+            log.warning("journey changelog: rewriting %d journeys failed (%r); trying again at the next "
+                        "topic check", len(records), exc)
+            return
+        self._changelog_lost = False
+        log.warning("journey changelog: wrote the %d journeys held here again (the broker lost it) in %.1f s",
+                    len(records), time.monotonic() - started)
 
     async def _status(self) -> None:
         await self._check_topics()

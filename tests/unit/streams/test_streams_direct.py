@@ -197,11 +197,13 @@ def fake_worker(*, direct: bool = True, counts: dict[str, int] | None = None,
     consumer = SimpleNamespace(topic_partitions=counts.get, assignment=lambda: assigned or set())
     changelog = SimpleNamespace(get_topic_name=lambda: "t.journeys-changelog")
     assignor = SimpleNamespace(assigned_actives=lambda: actives or set())
-    return SimpleNamespace(
+    worker = SimpleNamespace(
         settings=SimpleNamespace(direct_journeys=direct), names=names, _partitions=partitions,
         journeys=SimpleNamespace(changelog_topic=changelog),
         app=SimpleNamespace(consumer=consumer, assignor=assignor),
     )
+    worker._active_table_partitions = lambda: Pipeline._active_table_partitions(worker)
+    return worker
 
 
 def test_direct_partitions_are_the_copartitioned_ones_whose_table_partition_is_here() -> None:
