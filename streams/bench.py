@@ -570,7 +570,7 @@ def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress
 
     The last row is visible when the sink row counter last moved: an insert is
     queryable in chDB when it returns, and the counter moves right after.
-    ``settle`` seconds without a change (an agent waits up to a second
+    ``settle`` seconds without a change (an agent waits up to FUNNEL_BATCH_MAX_SECONDS
     to fill a batch) and nothing pending mean the pipeline is done. Each poll
     costs the worker a few milliseconds: ``every`` keeps that near 2 %.
     """

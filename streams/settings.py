@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         10000, ge=1, description="FUNNEL_BATCH_MAX_EVENTS: events per agent batch (= insert size)."
     )
     batch_max_seconds: float = Field(
-        1.0, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch."
+        0.25, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch (each "
+        "agent's batch is one insert per ClickHouse table: raise it to insert less often)."
     )
     direct_journeys: bool = Field(
         True, description="FUNNEL_DIRECT_JOURNEYS: apply events keyed by their user id, in the "
