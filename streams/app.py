@@ -669,7 +669,7 @@ class Pipeline:
             # first): read every partition this worker consumes from the start.
             consumed = [*self.names.events.values(), self.names.spend, self.names.normalized]
             cast(RewindingConsumer, self.app.consumer).rewind(
-                TP(topic, p) for topic in consumed for p in range(self.settings.topic_partitions))
+                TP(topic, p) for topic in consumed for p in self._partitions)
             self._changelog_lost = self._changelog_lost or changelog in created
         if self._changelog_lost:
             await self._rewrite_changelog()
