@@ -15,7 +15,7 @@ from sinks.clickhouse import (
     write_funnel_config,
 )
 from sinks.exceptions import SinkConfigError, SinkRetryableError, SinkStopped
-from sinks.metrics import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics
+from sinks.metrics import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics, Tally
 
 __all__ = [
     "COLUMNS",
@@ -31,6 +31,7 @@ __all__ = [
     "SinkConfigError",
     "SinkRetryableError",
     "SinkStopped",
+    "Tally",
     "connect",
     "migrate",
     "parse_clickhouse_url",

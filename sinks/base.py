@@ -55,6 +55,7 @@ class BatchSink(ABC):
             max_workers=1, thread_name_prefix=f"sink-{self.name}"
         )
         self._pending = metrics.sink_pending_rows.labels(self.name)
+        self._reported = 0  # of the rows buffered, those the gauge counts
         # Export the error counter at 0 from the start: a series that first
         # appears at 1 hides its first failures from rate() and increase().
         metrics.sink_errors.labels(self.name)
@@ -71,13 +72,21 @@ class BatchSink(ABC):
         """
 
     def add(self, table: str, row: Row) -> None:
+        # The pending-rows gauge learns of added rows when they are flushed
+        # (or seen by :meth:`report_pending`): a gauge update per row took a
+        # lock per row on the hot path.
         self._buffers.setdefault(table, []).append(row)
-        self._pending.inc()
 
     def extend(self, table: str, rows: Sequence[Row]) -> None:
         if rows:
             self._buffers.setdefault(table, []).extend(rows)
-            self._pending.inc(len(rows))
+
+    def report_pending(self) -> None:
+        """Bring ``funnel_sink_pending_rows`` up to the rows buffered now."""
+        added = self.pending - self._reported
+        if added:
+            self._pending.inc(added)
+            self._reported += added
 
     @property
     def pending(self) -> int:
@@ -89,6 +98,7 @@ class BatchSink(ABC):
         Retries each table until it is written. Raises :class:`SinkStopped`
         (buffers kept) if :meth:`stop` is called while a write keeps failing.
         """
+        self.report_pending()
         for table in list(self._buffers):
             rows = self._buffers[table]
             if rows:
@@ -97,10 +107,12 @@ class BatchSink(ABC):
             # exactly the unwritten tables behind.
             del self._buffers[table]
             self._pending.dec(len(rows))
+            self._reported -= len(rows)
 
     def discard(self) -> None:
         """Drop buffered rows (the caller will see the same messages again)."""
-        self._pending.dec(self.pending)
+        self._pending.dec(self._reported)
+        self._reported = 0
         self._buffers.clear()
 
     async def run_blocking(self, fn, *args):

@@ -41,7 +41,7 @@ from faust.types import TP, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
-from sinks import ClickHouseSink, FunnelMetrics, SinkStopped
+from sinks import ClickHouseSink, FunnelMetrics, SinkStopped, Tally
 from streams import web
 from streams.journey import (
     JourneyResult,
@@ -393,7 +393,7 @@ class Pipeline:
         pending: list[Awaitable[Any]] = []
         direct: list[tuple[EventT, NormalizedEvent]] = []
         direct_tps, partitioner, partitions = self._direct, self._partitioner, self._partitions
-        m = self.metrics
+        m, tally = self.metrics, Tally()
         for event in events:
             msg = event.message
             event_type = self.event_type_of[msg.topic]
@@ -404,7 +404,7 @@ class Pipeline:
                 pending.append(await self._dead_letter(msg, exc, source))
                 continue
             for name in [f.name for f in self.targets(norm)] or ["none"]:
-                m.child(m.events, name, event_type).inc()
+                tally.inc(m.child(m.events, name, event_type))
             user = norm["user_id"].encode()
             if (direct_tps and msg.tp in direct_tps and msg.key == user
                     and partitioner(user, partitions, partitions) == msg.partition):
@@ -416,6 +416,7 @@ class Pipeline:
                                        batch_token("journey-direct", [event for event, _ in direct]))
         # Delivered before acknowledged: nothing is lost between topics.
         await asyncio.gather(*pending)
+        tally.apply()  # once: a batch handled again after a refusal is counted once
 
     def _direct_partitions(self) -> frozenset[TP]:
         """The assigned source partitions whose user-keyed events may skip `normalized`.
@@ -490,7 +491,7 @@ class Pipeline:
     async def _apply_journeys(self, batch: Sequence[tuple[EventT, NormalizedEvent]],
                               sink: ClickHouseSink, token: str) -> None:
         """Apply a batch of events to the users' journeys; write its rows; await its changelog."""
-        m = self.metrics
+        m, tally = self.metrics, Tally()
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
         # Window memberships of this batch's entries and transitions, written
@@ -534,16 +535,19 @@ class Pipeline:
                     sink.add("transitions", transition_row(tr))
                     windows.add_transition(tr)
                 if result.duplicate:
-                    m.child(m.duplicate_events, funnel.name).inc()
+                    tally.inc(m.child(m.duplicate_events, funnel.name))
                     continue
-                m.event_lag.observe(max(0.0, now - e["ts"] / 1000.0))
+                tally.observe(m.event_lag, max(0.0, now - e["ts"] / 1000.0))
                 if late:
-                    m.child(m.late_events, funnel.name).inc()
-                self._count(funnel.name, e, result)
+                    tally.inc(m.child(m.late_events, funnel.name))
+                self._count(tally, funnel.name, e, result)
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
         self._track(touched, dirty, anchors, int(now * 1000))
-        self._expire_windows(sink, anchors, dirty, int(now * 1000))
+        self._expire_windows(sink, tally, anchors, dirty, int(now * 1000))
+        # Counted as the journeys changed, before any await (as one inc per
+        # update would be): a batch handled again finds its events applied.
+        tally.apply()
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
         for key, (state, event) in dirty.items():
@@ -558,7 +562,7 @@ class Pipeline:
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
 
-    def _expire_windows(self, sink: ClickHouseSink, anchors: dict[Any, EventT],
+    def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
         """Drop-offs for the conversion windows each partition's watermark has passed."""
         m = self.metrics
@@ -579,7 +583,7 @@ class Pipeline:
                 if drop is not None:
                     sink.add("dropoffs", dropoff_row(drop))
                     if drop.first:
-                        m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)).inc()
+                        tally.inc(m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)))
 
     def _track(self, touched: set[tuple[bytes, str]], dirty: dict[bytes, tuple[UserState, EventT]],
                anchors: dict[Any, EventT], now_ms: int) -> None:
@@ -624,21 +628,21 @@ class Pipeline:
     def targets(self, e: NormalizedEvent) -> list[FunnelDefinition]:
         return route(e, self.funnels, self.routes)
 
-    def _count(self, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
+    def _count(self, tally: Tally, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
         m = self.metrics
         channel = m.channel(result.channel)
         for entry in result.entries:
             if entry.new:
-                m.child(m.stage_entries, funnel, entry.stage, channel).inc()
+                tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
         for tr in result.transitions:
             if tr.first:  # a correction is not a new conversion
-                m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel).inc()
-                m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage).observe(
-                    tr.seconds)
+                tally.inc(m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel))
+                tally.observe(m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage),
+                              tr.seconds)
         if e["amount"] is not None:
-            m.child(m.revenue, funnel, channel, e["currency"] or "").inc(float(e["amount"]))
+            tally.inc(m.child(m.revenue, funnel, channel, e["currency"] or ""), float(e["amount"]))
         if result.customer == "new":
-            m.child(m.customers, funnel, channel).inc()
+            tally.inc(m.child(m.customers, funnel, channel))
 
     # -- periodic and web -----------------------------------------------------------
     def _update_stalls(self) -> None:

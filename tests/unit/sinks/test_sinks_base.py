@@ -64,7 +64,14 @@ def fill(sink: BatchSink) -> None:
 def test_rows_are_buffered_per_table_until_flush(make_sink, metrics: FunnelMetrics) -> None:
     sink = make_sink()
     fill(sink)
+    # The gauge learns of buffered rows when they are flushed (no lock per row).
+    assert (sink.pending, sample(metrics, "funnel_sink_pending_rows")) == (4, 0)
+    sink.report_pending()
     assert (sink.pending, sample(metrics, "funnel_sink_pending_rows")) == (4, 4)
+    sink.add("events", ("e3",))
+    sink.report_pending()
+    sink.report_pending()  # only what was added since
+    assert (sink.pending, sample(metrics, "funnel_sink_pending_rows")) == (5, 5)
     assert sink.attempts == []
 
 

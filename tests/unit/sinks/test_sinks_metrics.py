@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 import string
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sinks import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics
+from sinks import DEFAULT_CHANNELS, OTHER_CHANNEL, ChannelBounder, FunnelMetrics, Tally
+from sinks.metrics import EVENT_LAG_BUCKETS, observe_all
 
 
 @pytest.mark.parametrize(
@@ -137,3 +139,83 @@ def test_declare_exports_every_bounded_label_set_at_zero(metrics) -> None:
     series = [s for m in metrics.registry.collect() if m.name == "funnel_transitions"
               for s in m.samples if s.name == "funnel_transitions_total"]
     assert len(series) == 10 * 8  # forward stage pairs x (seven allowed channels + other)
+
+
+def _histograms() -> tuple[CollectorRegistry, CollectorRegistry, FunnelMetrics, FunnelMetrics]:
+    one, other = CollectorRegistry(), CollectorRegistry()
+    return one, other, FunnelMetrics(one), FunnelMetrics(other)
+
+
+def _samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect() if family.name == name for s in family.samples
+            if not s.name.endswith("_created")}
+
+
+def test_observe_all_equals_observing_one_value_at_a_time() -> None:
+    one, other, a, b = _histograms()
+    rng = random.Random(7)
+    # Every bound itself, values on either side of each, beyond the last
+    # finite bound, negative, zero.
+    values = [float(x) for x in EVENT_LAG_BUCKETS]
+    values += [x * f for x in EVENT_LAG_BUCKETS for f in (0.999, 1.001)]
+    values += [0.0, -3.0, 1e9, *(rng.uniform(0, 400) for _ in range(500))]
+    for v in values:
+        a.event_lag.observe(v)
+        a.child(a.transition_duration, "default", "visit", "signup").observe(v * 1000)
+    observe_all(b.event_lag, values)
+    observe_all(b.child(b.transition_duration, "default", "visit", "signup"), [v * 1000 for v in values])
+    for name in ("funnel_event_lag_seconds", "funnel_transition_duration_seconds"):
+        want, got = _samples(one, name), _samples(other, name)
+        assert want.keys() == got.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert one.get_sample_value("funnel_event_lag_seconds_count") == len(values)
+
+
+def test_observe_all_counts_a_nan_in_no_bucket_as_observe_does() -> None:
+    one, other, a, b = _histograms()
+    for v in (0.2, math.nan):
+        a.event_lag.observe(v)
+    observe_all(b.event_lag, [0.2, math.nan])
+    buckets = {k: v for k, v in _samples(one, "funnel_event_lag_seconds").items() if "_bucket" in k[0]}
+    assert buckets == {k: v for k, v in _samples(other, "funnel_event_lag_seconds").items()
+                       if "_bucket" in k[0]}
+    assert one.get_sample_value("funnel_event_lag_seconds_count") == 1
+
+
+def test_observe_all_falls_back_to_observe_without_the_client_internals() -> None:
+    seen: list[float] = []
+
+    class Other:
+        def observe(self, value: float) -> None:
+            seen.append(value)
+
+    observe_all(Other(), [1.0, 2.0])
+    assert seen == [1.0, 2.0]
+    with pytest.raises(ValueError, match="label"):  # a labelled parent is refused, as observe would
+        observe_all(FunnelMetrics().transition_duration, [1.0])
+
+
+def test_tally_applies_a_batch_once_per_child_and_then_starts_again() -> None:
+    m = FunnelMetrics()
+    tally = Tally()
+    entries = m.child(m.stage_entries, "default", "visit", "seo")
+    for _ in range(3):
+        tally.inc(entries)
+    tally.inc(m.child(m.revenue, "default", "seo", "EUR"), 19.5)
+    tally.inc(m.child(m.revenue, "default", "seo", "EUR"), 0.5)
+    tally.observe(m.event_lag, 0.2)
+    tally.observe(m.event_lag, 7.0)
+    get = m.registry.get_sample_value
+    labels = {"funnel": "default", "stage": "visit", "channel": "seo"}
+    assert get("funnel_stage_entries_total", labels) == 0  # nothing before apply
+    tally.apply()
+    assert get("funnel_stage_entries_total", labels) == 3
+    assert get("funnel_revenue_total", {"funnel": "default", "channel": "seo", "currency": "EUR"}) == 20
+    assert get("funnel_event_lag_seconds_bucket", {"le": "0.25"}) == 1
+    assert get("funnel_event_lag_seconds_bucket", {"le": "10.0"}) == 2
+    assert get("funnel_event_lag_seconds_sum") == pytest.approx(7.2)
+    tally.apply()  # applied once: a second call adds nothing
+    assert get("funnel_stage_entries_total", labels) == 3
+    assert get("funnel_event_lag_seconds_count") == 2
