@@ -1,4 +1,4 @@
-"""A journey changelog the broker lost is written again from the journeys held in memory."""
+"""The journeys table: a lost changelog is written again from memory; a user is read once."""
 
 from __future__ import annotations
 
@@ -66,3 +66,26 @@ def test_a_refused_rewrite_is_tried_again_at_the_next_check(
     asyncio.run(pipeline._rewrite_changelog())
     assert pipeline._changelog_lost
     assert pipeline.journeys.take_changelog() == []  # nothing left behind for an agent to take
+
+
+def test_get_reads_the_store_once(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's ``get`` asks the store for the key, then reads it: two RocksDB reads."""
+    table = pipeline.journeys
+    store = table.data
+    store[b"u1"] = {"f": {}}
+    reads: list[Any] = []
+    read = type(store).__getitem__
+
+    def counted(self: Any, key: Any) -> Any:
+        reads.append(key)
+        return read(self, key)
+
+    def asked(self: Any, key: Any) -> bool:
+        raise AssertionError("get asked the store whether it holds the key")
+
+    monkeypatch.setattr(type(store), "__getitem__", counted)
+    monkeypatch.setattr(type(store), "__contains__", asked)
+    assert table.get(b"u1") == {"f": {}}
+    assert table.get(b"u2") is None
+    assert table.get(b"u2", {}) == {}
+    assert reads == [b"u1", b"u2", b"u2"]
