@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped, Tally
 from streams import web
+from streams.consumer import RawSchema
 from streams.journey import (
     JourneyResult,
     UserState,
@@ -323,7 +324,7 @@ class Pipeline:
             broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
             autodiscover=False,
         )
-        raw: faust.Schema = faust.Schema(key_serializer="raw", value_serializer="raw")
+        raw = RawSchema()
         self.source = app.topic(*self.names.events.values(), schema=raw)
         self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
         self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)

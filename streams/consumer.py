@@ -1,4 +1,4 @@
-"""Faust's Kafka consumer, minus four tasks per message.
+"""Faust's Kafka consumer, minus four tasks per message, and a decoder without codecs for raw bytes.
 
 Faust's fetcher hands every message to the conductor with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the
@@ -15,6 +15,12 @@ it has to wait (flow control, a full queue), the rest of it goes through
 Faust's ``wait_first`` as before, so a suspension still abandons it. The
 messages, their order, acknowledgements and commits are Faust's, unchanged.
 
+:class:`RawSchema` is the schema of topics whose keys and values stay the
+broker's bytes. Faust's schema decodes each of them through its codec
+registry (a lookup, the ``raw`` codec, payload checks: three frames per
+message); the raw codec gives the bytes back unchanged, so this schema makes
+the event from the message's own bytes.
+
 The rest runs in another task than its first step did, so that step must not
 have entered anything bound to the current task (``asyncio.timeout``, which
 ``asyncio.wait_for`` uses from Python 3.12). The only such wait in Faust's
@@ -29,11 +35,13 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+import faust
 from faust.transport.drivers.aiokafka import Consumer
+from faust.types import AppT, EventT, Message
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
-__all__ = ["EagerConsumer"]
+__all__ = ["EagerConsumer", "RawSchema"]
 
 
 async def _continue(coro: Coroutine[Any, Any, Any], waiting: Any) -> Any:
@@ -90,3 +98,23 @@ def _close(coros: tuple[WaitArgT, ...]) -> None:
     for coro in coros:
         if asyncio.iscoroutine(coro):
             coro.close()
+
+
+class RawSchema(faust.Schema):
+    """Keys and values as the broker's bytes (Faust's ``raw`` serializer), decoded without codecs.
+
+    Sending is Faust's (``raw``: bytes pass unchanged). Decoding gives what
+    Faust's would for bytes or no bytes under the ``raw`` codec with no
+    key or value type: the message's own key and value.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+
+    def compile(self, app: AppT, **kwargs: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Message, *, propagate: bool = False) -> EventT:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode

@@ -1,4 +1,4 @@
-"""streams.consumer: Faust's per-message race, with the callback's first step run eagerly.
+"""streams.consumer: Faust's per-message race, with the callback's first step run eagerly; raw decoding.
 
 The consumer is the one a Pipeline's app creates (not started): only
 ``wait_first`` is exercised, as Faust's fetcher calls it for every message.
@@ -11,9 +11,11 @@ import gc
 import warnings
 from typing import Any
 
+import faust
 import pytest
+from faust.types import Message
 
-from streams.consumer import EagerConsumer
+from streams.consumer import EagerConsumer, RawSchema
 
 
 @pytest.fixture
@@ -121,3 +123,18 @@ def test_a_full_producer_buffer_takes_fausts_path_from_the_start(
 
     fetcher = _run(consumer, main())
     assert tasks and tasks[0] is not fetcher
+
+
+@pytest.mark.parametrize(("key", "value", "headers"), [
+    (b"u1", b'{"a": 1}', [("h", b"v")]), (None, b"x", []), (b"k", None, []), (None, None, None),
+    (b"", b"", []),
+], ids=["bytes", "no key", "no value", "neither", "empty"])
+def test_raw_schema_decodes_as_fausts_raw_schema_does(app_consumer: Any, key: Any, value: Any,
+                                                      headers: Any) -> None:
+    app = app_consumer.app
+    message = Message("t", 1, 42, 1700000000.0, 0, headers, key, value, None)
+    fausts = faust.Schema(key_serializer="raw", value_serializer="raw").compile(app)
+    ours = RawSchema().compile(app)
+    want, got = (_run(app_consumer, decode(message)) for decode in (fausts, ours))
+    assert (got.key, got.value, got.headers, got.message) == (want.key, want.value, want.headers, message)
+    assert type(got) is type(want)
