@@ -15,17 +15,17 @@ it has to wait (flow control, a full queue), the rest of it goes through
 Faust's ``wait_first`` as before, so a suspension still abandons it. The
 messages, their order, acknowledgements and commits are Faust's, unchanged.
 
-:class:`RawSchema` is the schema of topics whose keys and values stay the
-broker's bytes. Faust's schema decodes each of them through its codec
-registry (a lookup, the ``raw`` codec, payload checks: three frames per
-message); the raw codec gives the bytes back unchanged, so this schema makes
-the event from the message's own bytes.
-
 The rest runs in another task than its first step did, so that step must not
 have entered anything bound to the current task (``asyncio.timeout``, which
 ``asyncio.wait_for`` uses from Python 3.12). The only such wait in Faust's
 callback is the producer-buffer throttle (``wait_until_ebb``): while the
 buffer is above its limit, messages take Faust's path from the start.
+
+:class:`RawSchema` is the schema of topics whose keys and values stay the
+broker's bytes. Faust's schema decodes each of them through its codec
+registry (a lookup, the ``raw`` codec, payload checks: three frames per
+message); the raw codec gives the bytes back unchanged, so this schema makes
+the event from the message's own bytes.
 """
 
 from __future__ import annotations
