@@ -74,7 +74,10 @@ def _parse_ts(value: Any) -> Any:
 def _check_ts(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a timezone (e.g. 2026-01-31T12:00:00Z)")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:30:00+01:00: before year 1 in UTC
+        raise ValueError("timestamp is outside years 1-9999 in UTC") from None
     if value < MIN_TS:
         raise ValueError("timestamp is before 1970-01-01")
     return value

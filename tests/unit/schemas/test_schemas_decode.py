@@ -69,6 +69,8 @@ REJECTIONS = [
     case("invalid_timestamp", raw(ts=True), id="bool"),
     case("invalid_timestamp", raw(ts="yesterday"), id="words"),
     case("invalid_timestamp", raw(ts=1e300), id="epoch-out-of-range"),
+    case("invalid_timestamp", raw(ts="0001-01-01T00:30:00+01:00"), id="before-year-1-in-utc"),
+    case("invalid_timestamp", raw(ts="9999-12-31T23:59:59-01:00"), id="after-year-9999-in-utc"),
     case("future_timestamp", raw(ts=NOW_MS + 300_001), id="just-past-limit"),
     case("future_timestamp", raw(ts="2099-01-01T00:00:00Z"), id="2099"),
     case("invalid_funnel", raw(funnel="Sales Funnel!"), id="bad-pattern"),
