@@ -34,9 +34,9 @@ Rules (the README's "Journey rules" says the same):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, TypeVar, cast
 
 from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
 
@@ -152,61 +152,216 @@ def _new_funnel_state() -> dict[str, Any]:
             "drops": {}, "seen": [], "last": 0}
 
 
+# -- speed ---------------------------------------------------------------------------------
+# apply_event runs once per event and funnel on the worker's hot path. Two
+# things made it slow: FunnelDefinition.index (a tuple search behind a
+# try/except) called a dozen times per event, and the frozen dataclasses, whose
+# generated __init__ sets each field through object.__setattr__.
+
+
+class _Funnel:
+    """What the journey code looks up about one FunnelDefinition, computed once."""
+
+    __slots__ = ("definition", "index", "key", "last_touch", "name")
+
+    def __init__(self, definition: FunnelDefinition) -> None:
+        self.definition = definition  # also keeps id(definition) from being reused
+        self.name = definition.name
+        index: dict[str, int] = {}
+        for i, stage in enumerate(definition.stages):
+            index.setdefault(stage, i)
+        #: stage -> position; ``index.get(stage, -1) == definition.index(stage)``.
+        self.index = index
+        self.key: Callable[[str], int] = lambda stage: index.get(stage, -1)  # sort key
+        self.last_touch = definition.attribution == "last_touch"
+
+
+_FUNNELS: dict[int, _Funnel] = {}  # id(definition) -> its lookups (frozen models: never stale)
+_FUNNELS_MAX = 1024  # a worker has a handful; tests build many
+
+
+def _funnel(definition: FunnelDefinition) -> _Funnel:
+    info = _FUNNELS.get(id(definition))
+    if info is None or info.definition is not definition:
+        if len(_FUNNELS) >= _FUNNELS_MAX:
+            _FUNNELS.clear()
+        info = _FUNNELS[id(definition)] = _Funnel(definition)
+    return info
+
+
+_T = TypeVar("_T")
+
+
+def _builder(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor of ``cls`` (a frozen slots dataclass) taking every field positionally.
+
+    It builds the object as a mutable twin with the same slots (plain attribute
+    stores, not object.__setattr__ per field) and then sets its ``__class__``:
+    the result is a genuine ``cls`` instance, equal to ``cls(*values)`` and as
+    frozen. About three times faster; falls back to ``cls`` where an
+    interpreter refuses the class change.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    def __post_init__(self: Any) -> None:
+        self.__class__ = cls
+
+    twin = make_dataclass(f"_Building{cls.__name__}", names, slots=True, eq=False, repr=False,
+                          namespace={"__post_init__": __post_init__})
+    try:
+        probe = twin(*names)
+    except TypeError:  # pragma: no cover - CPython allows it (same slots, same base)
+        return cls
+    if type(probe) is not cls or probe != cls(*names):  # pragma: no cover
+        return cls
+    return cast(Callable[..., _T], twin)
+
+
+_new_breakdown = _builder(Breakdown)
+_new_entry = _builder(StageEntry)
+_new_transition = _builder(Transition)
+_new_dropoff = _builder(Dropoff)
+
+
+def _breakdown(dims: list[str]) -> Breakdown:
+    return _new_breakdown(*dims) if len(dims) == 4 else Breakdown(*dims)
+
+
+# -- the journey -----------------------------------------------------------------------------
+
+
 def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefinition) -> JourneyResult:
     """Apply ``event`` to ``state`` in place and return what it caused.
 
     ``state`` must be the current value for ``event['user_id']``; the caller
     writes it back to the table after this returns.
     """
-    fs = state.get(funnel.name)
+    info = _FUNNELS.get(id(funnel))
+    if info is None or info.definition is not funnel:
+        info = _funnel(funnel)
+    name = info.name
+    fs = state.get(name)
     if fs is None:
-        fs = state[funnel.name] = _new_funnel_state()
+        return _first_event(state, info, event)
     event_id = event["event_id"]
     seen: list[str] = fs["seen"]
     if event_id in seen:
-        result = JourneyResult(duplicate=True, channel=fs["ch"] or DEFAULT_CHANNEL)
-        result.customer = _customer(fs, event_id)
-        _emit_all(result, fs, funnel, event["user_id"])
-        return result
+        return _replayed(fs, info, event_id, event["user_id"])
 
     seen.append(event_id)
     if len(seen) > SEEN_LIMIT:
         del seen[: len(seen) - SEEN_LIMIT]
-    reattributed = _attribute(fs, event, funnel)
-    _update_dims(fs, event)
-    result = JourneyResult(channel=fs["ch"])
+    ts = event["ts"]
+    # Attribution: the channel and campaign; reattributed if an earlier one changed.
+    reattributed = False
+    channel = fs["ch"]
+    if channel is None:
+        channel = fs["ch"] = event["channel"] or DEFAULT_CHANNEL
+        fs["cht"] = ts
+        fs["dims"][0] = event["campaign"] or ""
+    elif info.last_touch:
+        # Each entry keeps the channel that was last when it happened: nothing re-emitted.
+        touch = event["channel"]
+        if touch and ts >= fs.get("cht", 0):
+            channel = fs["ch"] = touch
+            fs["cht"] = ts
+    elif ts < fs.get("cht", ts):  # first touch: only an earlier event replaces it
+        before = (channel, fs["dims"][0])
+        channel = fs["ch"] = event["channel"] or DEFAULT_CHANNEL
+        fs["cht"] = ts
+        fs["dims"][0] = event["campaign"] or ""
+        reattributed = (channel, fs["dims"][0]) != before
+    # Product, region and manager: the latest values the user's events named.
+    dims: list[str] = fs["dims"]
+    named = event["product"]
+    if named:
+        dims[1] = named
+    named = event["region"]
+    if named:
+        dims[2] = named
+    named = event["manager"]
+    if named:
+        dims[3] = named
+
     stage = event["event_type"]
+    customer = ""
     if stage == "purchase":
         buys: list[str] = fs["buys"]
         buys.append(event_id)
         del buys[: max(0, len(buys) - SEEN_LIMIT)]
-        result.customer = _customer(fs, event_id)
-    if funnel.index(stage) < 0 or stage in fs["st"]:
+        customer = _customer(fs, event_id)
+    result = JourneyResult(False, [], [], [], channel, customer)
+    index = info.index
+    stage_index = index.get(stage, -1)
+    reached: dict[str, list[Any]] = fs["st"]
+    if stage_index < 0 or stage in reached:
         if reattributed:
-            _emit_all(result, fs, funnel, event["user_id"])
+            _emit_all(result, fs, info, event["user_id"])
         return result
 
-    ts = event["ts"]
-    fs["st"][stage] = [ts, event_id]
-    fs["last"] = max(fs["last"], ts)
+    reached[stage] = [ts, event_id]
+    if ts > fs["last"]:  # fs["last"] = max(fs["last"], ts)
+        fs["last"] = ts
     user = event["user_id"]
-    result.entries.append(_entry(fs, funnel, user, stage, result.channel))
-    desired = _walk(fs["st"], funnel)
+    result.entries.append(
+        _new_entry(name, stage, stage_index, user, ts, channel, event_id, _breakdown(dims), True))
+    # The transitions the walk wants that differ from the emitted ones (new,
+    # moved or retracted) get the next versions, in funnel order.
+    desired = _walk(reached, index)
     emitted: dict[str, list[Any]] = fs["tr"]
-    for to in sorted(desired.keys() | emitted.keys(), key=funnel.index):
-        want = desired.get(to)
+    changes: list[tuple[str, str | None, list[Any] | None]] = []
+    kept = 0  # emitted ones the walk still wants
+    for to, want in desired.items():
         have = emitted.get(to)
-        if have is not None and have[0] == want:
-            continue
-        fs["ver"] += 1
-        emitted[to] = [want, fs["ver"]]
-        result.transitions.append(
-            _transition(fs, funnel, user, to, want, fs["ver"], result.channel, first=have is None)
-        )
-    _retract_dropoffs(result, fs, funnel, user, funnel.index(stage), ts)
+        if have is None:
+            changes.append((to, want, None))
+        else:
+            kept += 1
+            if have[0] != want:
+                changes.append((to, want, have))
+    if kept != len(emitted):  # some emitted ones are no longer wanted: retract them
+        for to, have in emitted.items():
+            if to not in desired and (have is None or have[0] is not None):
+                changes.append((to, None, have))
+    if changes:
+        if len(changes) > 1:  # in funnel order; stages it no longer has in set order, as ever
+            order = {to: n for n, to in enumerate(sorted(desired.keys() | emitted.keys(), key=info.key))}
+            changes.sort(key=lambda change: order[change[0]])
+        transitions = result.transitions
+        for to, from_stage, had in changes:
+            version = fs["ver"] = fs["ver"] + 1
+            emitted[to] = [from_stage, version]
+            transitions.append(_transition(fs, info, user, to, from_stage, version, channel, had is None))
+    if fs.get("drops"):
+        _retract_dropoffs(result, fs, info, user, stage_index, ts)
     if reattributed:  # everything else the user has, under the new channel
         changed = {t.to_stage for t in result.transitions}
-        _emit_all(result, fs, funnel, user, skip_entry=stage, skip_transitions=changed)
+        _emit_all(result, fs, info, user, skip_entry=stage, skip_transitions=changed)
+    return result
+
+
+def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> JourneyResult:
+    """:func:`apply_event` for the user's first event in the funnel (most of realistic traffic).
+
+    Builds the state :func:`apply_event` would leave on :func:`_new_funnel_state`
+    in one go, keys in the same order: attributed to this event, one stage at
+    most, so no transition yet.
+    """
+    event_id, stage, ts = event["event_id"], event["event_type"], event["ts"]
+    channel = event["channel"] or DEFAULT_CHANNEL
+    dims = [event["campaign"] or "", event["product"] or "", event["region"] or "", event["manager"] or ""]
+    purchase = stage == "purchase"
+    stage_index = info.index.get(stage, -1)
+    entered = stage_index >= 0
+    state[info.name] = {
+        "st": {stage: [ts, event_id]} if entered else {}, "tr": {}, "ver": 0, "ch": channel,
+        "dims": dims, "buys": [event_id] if purchase else [], "drops": {}, "seen": [event_id],
+        "last": ts if entered and ts > 0 else 0, "cht": ts,
+    }
+    result = JourneyResult(False, [], [], [], channel, "new" if purchase else "")
+    if entered:
+        result.entries.append(_new_entry(info.name, stage, stage_index, event["user_id"], ts, channel,
+                                         event_id, _new_breakdown(*dims), True))
     return result
 
 
@@ -215,8 +370,14 @@ def furthest(state: UserState, funnel: FunnelDefinition) -> tuple[str, int] | No
     fs = state.get(funnel.name)
     if not fs or not fs["st"]:
         return None
-    stage = max(fs["st"], key=funnel.index)
-    return stage, fs["st"][stage][0]
+    reached: dict[str, list[Any]] = fs["st"]
+    index = _funnel(funnel).index
+    stage, best = "", -2
+    for candidate in reached:  # the first of the furthest, as max() gives
+        position = index.get(candidate, -1)
+        if position > best:
+            stage, best = candidate, position
+    return stage, reached[stage][0]
 
 
 def window_ms(funnel: FunnelDefinition) -> int:
@@ -239,44 +400,23 @@ def expire_window(state: UserState, funnel: FunnelDefinition, user: str, stage: 
     first = stage not in drops
     fs["ver"] += 1
     drops[stage] = [fs["ver"], entered + window_ms(funnel), False]
-    return _dropoff(fs, funnel, user, stage, first)
+    return _dropoff(fs, _funnel(funnel), user, stage, first)
 
 
-def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str,
+def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str,
                       index: int, ts: int) -> None:
     """A stage beyond a drop-off, entered before that window ended: not lost after all."""
     for stage, (_, dropped_ts, deleted) in list(fs.get("drops", {}).items()):
-        if not deleted and funnel.index(stage) < index and ts <= dropped_ts:
+        if not deleted and info.index.get(stage, -1) < index and ts <= dropped_ts:
             fs["ver"] += 1
             fs["drops"][stage] = [fs["ver"], dropped_ts, True]
-            result.dropoffs.append(_dropoff(fs, funnel, user, stage))
+            result.dropoffs.append(_dropoff(fs, info, user, stage))
 
 
-def _dropoff(fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str,
-             first: bool = False) -> Dropoff:
+def _dropoff(fs: dict[str, Any], info: _Funnel, user: str, stage: str, first: bool = False) -> Dropoff:
     version, dropped_ts, deleted = fs["drops"][stage]
-    return Dropoff(funnel.name, stage, funnel.index(stage), user, fs["st"][stage][0], dropped_ts,
-                   fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
-
-
-def _attribute(fs: dict[str, Any], event: NormalizedEvent, funnel: FunnelDefinition) -> bool:
-    """Update the attributed channel and campaign; True if an earlier one changed."""
-    ts, channel = event["ts"], event["channel"]
-    if fs["ch"] is None:
-        fs["ch"], fs["cht"] = channel or DEFAULT_CHANNEL, ts
-        fs["dims"][0] = event["campaign"] or ""
-        return False
-    if funnel.attribution == "last_touch":
-        # Each entry keeps the channel that was last when it happened: nothing re-emitted.
-        if channel and ts >= fs.get("cht", 0):
-            fs["ch"], fs["cht"] = channel, ts
-        return False
-    if ts >= fs.get("cht", ts):  # first touch: only an earlier event replaces it
-        return False
-    before = (fs["ch"], fs["dims"][0])  # first touch moved earlier
-    fs["ch"], fs["cht"] = channel or DEFAULT_CHANNEL, ts
-    fs["dims"][0] = event["campaign"] or ""
-    return (fs["ch"], fs["dims"][0]) != before
+    return _new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
+                        dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
 
 
 def route(
@@ -299,14 +439,6 @@ def routes_for(funnels: Iterable[FunnelDefinition]) -> dict[str, list[FunnelDefi
     return {t: [f for f in funnels if f.index(t) >= 0] for t in EVENT_TYPES}
 
 
-def _update_dims(fs: dict[str, Any], event: NormalizedEvent) -> None:
-    """Product, region and manager: the latest values the user's events named."""
-    dims = fs["dims"]
-    for i, key in ((1, "product"), (2, "region"), (3, "manager")):
-        if event[key]:  # type: ignore[literal-required]
-            dims[i] = event[key]  # type: ignore[literal-required]
-
-
 def _customer(fs: dict[str, Any], event_id: str) -> str:
     buys = fs.get("buys", [])
     if event_id not in buys:
@@ -314,55 +446,87 @@ def _customer(fs: dict[str, Any], event_id: str) -> str:
     return "new" if buys.index(event_id) == 0 else "returning"
 
 
-def _walk(reached: dict[str, list[Any]], funnel: FunnelDefinition) -> dict[str, str]:
-    """to_stage -> from_stage for the stages ``reached``, walked in event-time order."""
-    order = sorted(reached, key=lambda s: (reached[s][0], funnel.index(s)))
+def _walk(reached: dict[str, list[Any]], index: dict[str, int]) -> dict[str, str]:
+    """to_stage -> from_stage for the stages ``reached``, walked in event-time order.
+
+    Stages are ordered by (entry time, funnel position). ``reached`` keeps
+    arrival order, which is that order unless events arrived out of event
+    time: checked on the way, and only then sorted (:func:`_walk_sorted`).
+    """
+    stages = iter(reached.items())
+    furthest, entered = next(stages)
+    last_ts = entered[0]
+    last_index = furthest_index = index.get(furthest, -1)
+    transitions: dict[str, str] = {}
+    for stage, entered in stages:
+        ts = entered[0]
+        position = index.get(stage, -1)
+        if ts < last_ts or (ts == last_ts and position < last_index):
+            return _walk_sorted(reached, index)
+        if position > furthest_index:
+            transitions[stage] = furthest
+            furthest, furthest_index = stage, position
+        last_ts, last_index = ts, position
+    return transitions
+
+
+def _walk_sorted(reached: dict[str, list[Any]], index: dict[str, int]) -> dict[str, str]:
+    """:func:`_walk` for stages that arrived out of event-time order."""
+    order = sorted(reached, key=lambda s: (reached[s][0], index.get(s, -1)))
     transitions: dict[str, str] = {}
     furthest = order[0]
     for stage in order[1:]:
-        if funnel.index(stage) > funnel.index(furthest):
+        if index.get(stage, -1) > index.get(furthest, -1):
             transitions[stage] = furthest
             furthest = stage
     return transitions
 
 
-def _entry(
-    fs: dict[str, Any], funnel: FunnelDefinition, user: str, stage: str, channel: str, new: bool = True
-) -> StageEntry:
-    ts, event_id = fs["st"][stage]
-    return StageEntry(funnel.name, stage, funnel.index(stage), user, ts, channel, event_id,
-                      Breakdown(*fs["dims"]), new)
-
-
 def _transition(
-    fs: dict[str, Any], funnel: FunnelDefinition, user: str, to: str, from_stage: str | None,
+    fs: dict[str, Any], info: _Funnel, user: str, to: str, from_stage: str | None,
     version: int, channel: str, first: bool = False,
 ) -> Transition:
-    ts, event_id = fs["st"][to]
+    reached = fs["st"]
+    ts, event_id = reached[to]
+    index = info.index
     if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
-        return Transition(funnel.name, "", to, 0, funnel.index(to), user, ts, ts, 0.0, channel,
-                          event_id, version, deleted=True, campaign=fs["dims"][0])
-    from_ts = fs["st"][from_stage][0]
-    return Transition(
-        funnel=funnel.name, from_stage=from_stage, to_stage=to,
-        from_index=funnel.index(from_stage), to_index=funnel.index(to), user_id=user,
-        from_ts=from_ts, ts=ts, seconds=max(0.0, (ts - from_ts) / 1000.0), channel=channel,
-        event_id=event_id, version=version, first=first, campaign=fs["dims"][0],
+        return _new_transition(info.name, "", to, 0, index.get(to, -1), user, ts, ts, 0.0, channel,
+                               event_id, version, True, fs["dims"][0], False)
+    from_ts = reached[from_stage][0]
+    seconds = (ts - from_ts) / 1000.0
+    return _new_transition(
+        info.name, from_stage, to, index.get(from_stage, -1), index.get(to, -1), user, from_ts, ts,
+        seconds if seconds > 0.0 else 0.0, channel, event_id, version, False, fs["dims"][0], first,
     )
 
 
+def _replayed(fs: dict[str, Any], info: _Funnel, event_id: str, user: str) -> JourneyResult:
+    """A duplicate: not applied; the user's current rows again (see "Replays")."""
+    result = JourneyResult(True, [], [], [], fs["ch"] or DEFAULT_CHANNEL, _customer(fs, event_id))
+    _emit_all(result, fs, info, user)
+    return result
+
+
 def _emit_all(
-    result: JourneyResult, fs: dict[str, Any], funnel: FunnelDefinition, user: str,
+    result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str,
     skip_entry: str = "", skip_transitions: set[str] | frozenset[str] = frozenset(),
 ) -> None:
     """Everything the user's state stands for, as it stands (replays, re-attribution)."""
-    for stage in sorted(fs["st"], key=funnel.index):
+    name, key, channel = info.name, info.key, result.channel
+    reached: dict[str, list[Any]] = fs["st"]
+    dims: Breakdown | None = None  # one for all: they are frozen
+    for stage in sorted(reached, key=key):
         if stage != skip_entry:
-            result.entries.append(_entry(fs, funnel, user, stage, result.channel, new=False))
-    for to in sorted(fs["tr"], key=funnel.index):
+            ts, event_id = reached[stage]
+            if dims is None:
+                dims = _breakdown(fs["dims"])
+            result.entries.append(
+                _new_entry(name, stage, key(stage), user, ts, channel, event_id, dims, False))
+    emitted: dict[str, list[Any]] = fs["tr"]
+    for to in sorted(emitted, key=key):
         if to in skip_transitions:
             continue
-        from_stage, version = fs["tr"][to]
-        result.transitions.append(_transition(fs, funnel, user, to, from_stage, version, result.channel))
+        from_stage, version = emitted[to]
+        result.transitions.append(_transition(fs, info, user, to, from_stage, version, channel))
     for stage in fs.get("drops", {}):
-        result.dropoffs.append(_dropoff(fs, funnel, user, stage))
+        result.dropoffs.append(_dropoff(fs, info, user, stage))

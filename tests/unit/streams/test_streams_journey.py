@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 from collections import Counter
@@ -429,3 +430,103 @@ def test_first_touch_is_the_earliest_event_even_when_it_arrives_late(make_event)
     # A later event with another channel changes nothing under first touch.
     (after,) = apply_all(state, [make_event("webinar", at=120, channel="email")])
     assert after.channel == "seo" and [e.channel for e in after.entries] == ["seo"]
+
+
+# -- fast paths (apply_event's shortcuts must give what the general rules give) ---------------
+
+
+def test_first_event_state_layout_is_byte_for_byte_the_changelog_format(make_event) -> None:
+    """The first event builds its state in one go: same keys, order, nesting, lists."""
+    buy = make_event("purchase", channel=None, campaign="bf", product="course-a")
+    state: UserState = {}
+    [result] = apply_all(state, [buy])
+    assert json.dumps(state) == json.dumps({"default": {
+        "st": {"purchase": [buy["ts"], buy["event_id"]]}, "tr": {}, "ver": 0, "ch": "direct",
+        "dims": ["bf", "course-a", "", ""], "buys": [buy["event_id"]], "drops": {},
+        "seen": [buy["event_id"]], "last": buy["ts"], "cht": buy["ts"]}})
+    assert (result.customer, result.channel, entries_of([result])) == (
+        "new", "direct", [("purchase", buy["event_id"])])
+    # A first event whose stage the funnel lacks still attributes and remembers it.
+    other = funnel("visit", "purchase", name="short")
+    signup = make_event("signup", funnel="short", channel="ads", region="eu")
+    [skipped] = apply_all(state, [signup], other)
+    assert (skipped.entries, skipped.channel, skipped.customer) == ([], "ads", "")
+    assert state["short"] == {"st": {}, "tr": {}, "ver": 0, "ch": "ads", "dims": ["", "", "eu", ""],
+                              "buys": [], "drops": {}, "seen": [signup["event_id"]], "last": 0,
+                              "cht": signup["ts"]}
+
+
+def test_results_are_genuine_frozen_dataclasses(make_event) -> None:
+    visit, signup = make_event("visit", channel="seo", campaign="c"), make_event("signup", at=30)
+    _, result = apply_all({}, [visit, signup])
+    [entry], [tr] = result.entries, result.transitions
+    assert type(entry) is StageEntry and type(tr) is Transition and type(entry.dims) is Breakdown
+    assert entry == StageEntry("default", "signup", 1, "u1", signup["ts"], "seo", signup["event_id"],
+                               Breakdown("c", "", "", ""), True)
+    assert hash(entry) == hash(StageEntry(*(getattr(entry, f) for f in StageEntry.__slots__)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.stage = "visit"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tr.version = 0  # type: ignore[misc]
+
+
+def test_in_order_event_after_an_out_of_order_one_walks_event_time(make_event) -> None:
+    """Arrival order stops being event-time order once an event came late: the walk
+    must not trust it afterwards, even when the newest event is the latest in time."""
+    purchase, visit, signup = (make_event("purchase", at=100), make_event("visit", at=0),
+                               make_event("signup", at=200))
+    state: UserState = {}
+    results = apply_all(state, [purchase, visit, signup])
+    assert transitions_of(results) == [("visit", "purchase", 100.0, 1, False, True)]
+    assert state["default"]["tr"] == {"purchase": ["visit", 1]}
+
+
+def test_same_time_out_of_funnel_order_then_a_later_stage(make_event) -> None:
+    results = apply_all({}, [make_event("signup", at=5), make_event("visit", at=5),
+                             make_event("webinar", at=10)])
+    assert transitions_of(results) == [("visit", "signup", 0.0, 1, False, True),
+                                       ("signup", "webinar", 5.0, 2, False, True)]
+
+
+def test_a_tombstone_is_not_repeated_by_later_entries(make_event) -> None:
+    events = [make_event("visit", at=100), make_event("signup", at=200), make_event("webinar", at=50),
+              make_event("consultation", at=300), make_event("purchase", at=400)]
+    results = apply_all({}, events)
+    assert [transitions_of([r]) for r in results[2:]] == [
+        [("", "signup", 0.0, 2, True, False)],
+        [("webinar", "consultation", 250.0, 3, False, True)],
+        [("consultation", "purchase", 100.0, 4, False, True)],
+    ]
+
+
+def test_one_late_event_corrects_several_transitions_in_funnel_order(make_event) -> None:
+    events = [make_event("visit", at=100), make_event("signup", at=200), make_event("webinar", at=300),
+              make_event("purchase", at=400), make_event("consultation", at=50)]
+    results = apply_all({}, events)
+    assert transitions_of(results[4:]) == [
+        ("", "signup", 0.0, 4, True, False),
+        ("", "webinar", 0.0, 5, True, False),
+        ("consultation", "purchase", 350.0, 6, False, False),
+    ]
+
+
+def test_stages_the_funnel_no_longer_has_are_retracted_in_funnel_order(make_event) -> None:
+    """A funnel redefined under the same name (config change): its new stages count."""
+    state: UserState = {}
+    apply_all(state, [make_event("visit", at=0), make_event("signup", at=10)])
+    narrower = funnel("visit", "purchase")
+    [result] = apply_all(state, [make_event("purchase", at=20)], narrower)
+    assert [(t.from_stage, t.to_stage, t.from_index, t.to_index, t.version, t.deleted)
+            for t in result.transitions] == [("", "signup", 0, -1, 2, True),
+                                             ("visit", "purchase", 0, 1, 3, False)]
+    assert [(e.stage, e.stage_index) for e in result.entries] == [("purchase", 1)]
+
+
+def test_each_funnel_definition_uses_its_own_stage_positions(make_event) -> None:
+    """Per-definition lookups are cached: a new definition (even under a reused
+    name, or a reused object id) must never see another's positions."""
+    for stages in itertools.permutations(("visit", "signup", "purchase")):
+        definition = funnel(*stages)
+        [result] = apply_all({}, [make_event("signup")], definition)
+        assert result.entries[0].stage_index == stages.index("signup")
+        del definition
