@@ -7,6 +7,7 @@ from sinks.base import BatchSink, Row
 from sinks.clickhouse import (
     COLUMNS,
     DDL_DIR,
+    INSERT_TYPES,
     ClickHouseSink,
     ClickHouseTarget,
     connect,
@@ -21,6 +22,7 @@ __all__ = [
     "COLUMNS",
     "DDL_DIR",
     "DEFAULT_CHANNELS",
+    "INSERT_TYPES",
     "OTHER_CHANNEL",
     "BatchSink",
     "ChannelBounder",
