@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from decimal import Decimal
@@ -37,13 +37,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 from faust import Stream
 from faust.streams import _current_event
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, AppT, EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped, Tally
 from streams import web
 from streams.consumer import RawSchema
+from streams.envelopes import mark_done, records_of, take_envelopes
 from streams.journey import (
     JourneyResult,
     UserState,
@@ -73,6 +74,9 @@ PRODUCE_RETRY_MAX_SECONDS = 30.0
 #: How often a running worker checks that its topics still exist.
 TOPIC_CHECK_SECONDS = 10.0
 
+#: Envelopes an agent's topic queue holds (each up to ENVELOPE_MAX_RECORDS records).
+ENVELOPE_QUEUE = 64
+
 #: Largest dead-letter value sent as is (below the producer's 1 MB request limit).
 DEAD_LETTER_MAX_BYTES = 900_000
 
@@ -87,12 +91,16 @@ PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 
 
 def batch_token(agent: str, events: Sequence[EventT]) -> str:
-    """A deterministic id for a batch: agent plus the offset range per partition."""
+    """A deterministic id for a batch: agent plus the offset range per partition.
+
+    An envelope's range is its first to its last offset.
+    """
     ranges: dict[tuple[str, int], list[int]] = {}
     for event in events:
         m = event.message
-        r = ranges.setdefault((m.topic, m.partition), [m.offset, m.offset])
-        r[0], r[1] = min(r[0], m.offset), max(r[1], m.offset)
+        first = getattr(m, "first_offset", m.offset)
+        r = ranges.setdefault((m.topic, m.partition), [first, m.offset])
+        r[0], r[1] = min(r[0], first), max(r[1], m.offset)
     spec = ";".join(f"{t}/{p}/{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
@@ -174,24 +182,9 @@ class JourneyTable(faust.Table):
         recovery there); the batch's first offset, so a restart may read a
         few records again, never skip one.
         """
-        by_partition: dict[int, list[ChangelogRecord]] = {}
-        for record in records:
-            by_partition.setdefault(record[0], []).append(record)
-        producer = self.app.producer
-        kafka = cast(Any, producer)._ensure_producer()
         topic = self.changelog_topic.get_topic_name()
-        futures: list[asyncio.Future[Any]] = []
-        for partition, part in by_partition.items():
-            tp = TP(topic, partition)
-            batch = kafka.create_batch()
-            for _, key, value in part:
-                if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it
-                    futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
-                    batch = kafka.create_batch()
-                    if batch.append(timestamp=None, key=key, value=value) is None:
-                        raise ValueError(f"a journey of {len(value or b'')} bytes exceeds a producer batch")
-            futures.append(self._sent(await kafka.send_batch(batch, topic, partition=partition), tp))
-        return futures
+        return await produce_batches(self.app, topic, records,
+                                     lambda future, partition: self._sent(future, TP(topic, partition)))
 
     def _sent(self, future: asyncio.Future[Any], tp: TP) -> asyncio.Future[Any]:
         def persisted(done: asyncio.Future[Any]) -> None:
@@ -200,6 +193,40 @@ class JourneyTable(faust.Table):
 
         future.add_done_callback(persisted)
         return future
+
+
+async def produce_batches(
+    app: AppT, topic: str, records: Sequence[ChangelogRecord],
+    sent: Callable[[asyncio.Future[Any], int], asyncio.Future[Any]] | None = None,
+) -> list[asyncio.Future[Any]]:
+    """Hand (partition, key, value) ``records`` to ``app``'s Kafka producer, one batch per partition.
+
+    Returns the batches' futures (each passed through ``sent`` with its
+    partition first, if given); await them before acknowledging what caused
+    the records. Faust's ``Topic.send`` costs a future message, its
+    producer buffer, a task and aiokafka's per-message ``send`` for each
+    record; here aiokafka takes whole batches (``create_batch`` /
+    ``send_batch``, its public batch API) on Faust's own producer.
+    """
+    if not records:
+        return []
+    by_partition: dict[int, list[ChangelogRecord]] = {}
+    for record in records:
+        by_partition.setdefault(record[0], []).append(record)
+    kafka = cast(Any, app.producer)._ensure_producer()
+    futures: list[asyncio.Future[Any]] = []
+    for partition, part in by_partition.items():
+        batch = kafka.create_batch()
+        for _, key, value in part:
+            if batch.append(timestamp=None, key=key, value=value) is None:  # full: send it
+                future = await kafka.send_batch(batch, topic, partition=partition)
+                futures.append(sent(future, partition) if sent else future)
+                batch = kafka.create_batch()
+                if batch.append(timestamp=None, key=key, value=value) is None:
+                    raise ValueError(f"a record of {len(value or b'')} bytes exceeds a producer batch")
+        future = await kafka.send_batch(batch, topic, partition=partition)
+        futures.append(sent(future, partition) if sent else future)
+    return futures
 
 
 def route_table_to(event: EventT) -> None:
@@ -325,9 +352,12 @@ class Pipeline:
             autodiscover=False,
         )
         raw = RawSchema()
-        self.source = app.topic(*self.names.events.values(), schema=raw)
+        # The agents' topics deliver envelopes (streams.envelopes): a short
+        # queue of them keeps what waits for an agent bounded.
+        self.source = app.topic(*self.names.events.values(), schema=raw, maxsize=ENVELOPE_QUEUE)
         self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
-        self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)
+        self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw,
+                                    maxsize=ENVELOPE_QUEUE)
         # key_type=bytes: the table's store and its changelog recovery decode
         # keys with the serializer of key_type (json by default), not the schema's.
         self.journeys = cast(JourneyTable, app.tables.add(JourneyTable(
@@ -347,7 +377,7 @@ class Pipeline:
         app.producer.buffer.max_messages = max(100, 2 * s.batch_max_events)
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
-        self.spend_topic = app.topic(self.names.spend, schema=raw)
+        self.spend_topic = app.topic(self.names.spend, schema=raw, maxsize=ENVELOPE_QUEUE)
         app.agent(self.spend_topic, name="spend")(self._spend_agent)
         app.timer(s.status_interval_seconds)(self._status)
         app.on_rebalance_complete.connect(self._reschedule)
@@ -363,12 +393,17 @@ class Pipeline:
     async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
         """Batch loop shared by the agents: handle, then acknowledge; never crash the worker.
 
+        A batch is a list of envelopes (streams.envelopes), each the records
+        of one partition fetched together, up to ``FUNNEL_BATCH_MAX_EVENTS``
+        records or ``FUNNEL_BATCH_MAX_SECONDS``. Acknowledging an envelope
+        lets the consumer commit past it: only once all it caused is written.
+
         A batch whose produced messages the broker refused (a topic being
         recreated, a leader moving) is handled again after a pause: Faust
         would not deliver its unacknowledged messages to a restarted agent.
         """
         s = self.settings
-        async for events in stream.noack_take(s.batch_max_events, within=s.batch_max_seconds):
+        async for events in take_envelopes(stream, s.batch_max_events, s.batch_max_seconds):
             delay = PRODUCE_RETRY_INITIAL_SECONDS
             while True:
                 try:
@@ -384,6 +419,7 @@ class Pipeline:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, PRODUCE_RETRY_MAX_SECONDS)
             for event in events:
+                mark_done(event)
                 await stream.ack(event)
 
     async def _ingest_agent(self, stream: StreamT) -> None:
@@ -401,36 +437,47 @@ class Pipeline:
 
         An event keyed by its user id, in the partition that `normalized`
         would give it, is applied to the journeys right here (see
-        :meth:`_direct_partitions`); the others go through `normalized`.
+        :meth:`_direct_partitions`); the others go through `normalized`,
+        produced in one batch per partition.
         """
         now_ms = int(time.time() * 1000)
         pending: list[Awaitable[Any]] = []
-        direct: list[tuple[EventT, NormalizedEvent]] = []
+        onward: list[ChangelogRecord] = []  # (partition of normalized, key, value)
+        direct: list[tuple[EventT, Any, NormalizedEvent]] = []
         direct_tps, partitioner, partitions = self._direct, self._partitioner, self._partitions
         m, tally = self.metrics, Tally()
         for event in events:
             msg = event.message
             event_type = self.event_type_of[msg.topic]
-            source = f"{msg.topic}:{msg.partition}:{msg.offset}"
-            try:
-                norm = self.decoder.decode(msg.value, event_type, now_ms, source)
-            except InvalidEvent as exc:
-                pending.append(await self._dead_letter(msg, exc, source))
-                continue
-            for name in [f.name for f in self.targets(norm)] or ["none"]:
-                tally.inc(m.child(m.events, name, event_type))
-            user = norm["user_id"].encode()
-            if (direct_tps and msg.tp in direct_tps and msg.key == user
-                    and partitioner(user, partitions, partitions) == msg.partition):
-                direct.append((event, norm))
-                continue
-            pending.append(await self.normalized.send(key=user, value=orjson.dumps(norm)))
+            records = records_of(event)
+            prefix = f"{msg.topic}:{msg.partition}:"
+            sources = [prefix + str(record.offset) for record in records]
+            decoded = self.decoder.decode_batch([record.value for record in records], event_type,
+                                                now_ms, sources)
+            here = bool(direct_tps) and msg.tp in direct_tps
+            for record, norm, source in zip(records, decoded, sources, strict=True):
+                if isinstance(norm, InvalidEvent):
+                    pending.append(await self._dead_letter(record, norm, source))
+                    continue
+                for name in [f.name for f in self.targets(norm)] or ["none"]:
+                    tally.inc(m.child(m.events, name, event_type))
+                user = norm["user_id"].encode()
+                partition = partitioner(user, partitions, partitions)
+                if here and record.key == user and partition == msg.partition:
+                    direct.append((event, record, norm))
+                else:
+                    onward.append((partition, user, orjson.dumps(norm)))
+        delivered = await self._send_normalized(onward)
         if direct:
             await self._apply_journeys(direct, self.direct_sink,
-                                       batch_token("journey-direct", [event for event, _ in direct]))
+                                       batch_token("journey-direct", [e for e, _, _ in direct]))
         # Delivered before acknowledged: nothing is lost between topics.
-        await asyncio.gather(*pending)
+        await asyncio.gather(*pending, *delivered)
         tally.apply()  # once: a batch handled again after a refusal is counted once
+
+    async def _send_normalized(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
+        """Produce (partition, key, value) records to `normalized`; their batches' futures."""
+        return await produce_batches(self.app, self.names.normalized, records)
 
     def _direct_partitions(self) -> frozenset[TP]:
         """The assigned source partitions whose user-keyed events may skip `normalized`.
@@ -484,27 +531,33 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         pending: list[Awaitable[Any]] = []
         for event in events:
-            msg = event.message
-            source = f"{msg.topic}:{msg.partition}:{msg.offset}"
-            try:
-                row = self.decoder.decode_spend(msg.value, source)
-            except InvalidEvent as exc:
-                pending.append(await self._dead_letter(msg, exc, source))
-                continue
-            self.spend_sink.add("spend", (*row.values(), now_ms))
-            self.metrics.spend.labels(self.metrics.channel(row["channel"]), row["currency"]).inc(
-                float(row["amount"])
-            )
+            for msg in records_of(event):
+                source = f"{msg.topic}:{msg.partition}:{msg.offset}"
+                try:
+                    row = self.decoder.decode_spend(msg.value, source)
+                except InvalidEvent as exc:
+                    pending.append(await self._dead_letter(msg, exc, source))
+                    continue
+                self.spend_sink.add("spend", (*row.values(), now_ms))
+                self.metrics.spend.labels(self.metrics.channel(row["channel"]), row["currency"]).inc(
+                    float(row["amount"])
+                )
         await self.spend_sink.flush(batch_token("spend", events))
         await asyncio.gather(*pending)
 
     async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
-        decoded = [(event, orjson.loads(event.message.value or b"{}")) for event in events]
+        loads = orjson.loads
+        decoded = [(event, record, loads(record.value or b"{}"))
+                   for event in events for record in records_of(event)]
         await self._apply_journeys(decoded, self.journey_sink, batch_token("journey", events))
 
-    async def _apply_journeys(self, batch: Sequence[tuple[EventT, NormalizedEvent]],
+    async def _apply_journeys(self, batch: Sequence[tuple[EventT, Any, NormalizedEvent]],
                               sink: ClickHouseSink, token: str) -> None:
-        """Apply a batch of events to the users' journeys; write its rows; await its changelog."""
+        """Apply a batch of events to the users' journeys; write its rows; await its changelog.
+
+        ``batch`` holds (envelope event, record, normalized event) triples:
+        the envelope routes the table to the record's partition.
+        """
         m, tally = self.metrics, Tally()
         now = time.time()
         dirty: dict[bytes, tuple[UserState, EventT]] = {}
@@ -517,10 +570,9 @@ class Pipeline:
         # out of event-time order; applying each batch in event-time order
         # repairs that whenever they meet in one batch (stable sort: ties keep
         # arrival order).
-        decoded = sorted(batch, key=lambda pair: pair[1]["ts"])
+        decoded = sorted(batch, key=lambda triple: triple[2]["ts"])
         homes = self._homes
-        for event, e in decoded:
-            msg = event.message
+        for event, msg, e in decoded:
             tp = homes[msg.partition]
             key = msg.key or e["user_id"].encode()
             targets = self.targets(e)
@@ -574,7 +626,7 @@ class Pipeline:
         await asyncio.gather(*delivered)
         self.processed += len(decoded)
         if decoded:  # sorted by event time
-            self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][1]["ts"])
+            self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][2]["ts"])
 
     def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
@@ -728,6 +780,9 @@ class Pipeline:
         lag = web.consumer_lag(self)
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
                  rate, "unknown" if lag is None else lag, pending)
+        if not processed and lag and not self.app.rebalancing:
+            consumer = cast(RewindingConsumer, self.app.consumer)
+            log.warning("status: nothing processed with %d messages behind: %s", lag, consumer.describe())
 
     async def _metrics_page(self, web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type.

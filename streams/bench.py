@@ -981,6 +981,8 @@ def _chdb_memory(worker: WorkerProcess) -> int | None:
 
 
 class _Msg(NamedTuple):
+    """A fetched record, as aiokafka gives it."""
+
     topic: str
     partition: int
     offset: int
@@ -989,11 +991,21 @@ class _Msg(NamedTuple):
     tp: Any
 
 
-class _Event:
-    __slots__ = ("__weakref__", "message")  # Faust routes tables by a weak reference to it
+class _Envelope(NamedTuple):
+    """What an envelope event's message tells the agents (streams.envelopes.Envelope)."""
 
-    def __init__(self, message: _Msg) -> None:
-        self.message = message
+    topic: str
+    partition: int
+    first_offset: int
+    offset: int
+    tp: Any
+
+
+class _Event:
+    __slots__ = ("__weakref__", "message", "value")  # Faust routes tables by a weak reference to it
+
+    def __init__(self, message: _Envelope, records: list[_Msg]) -> None:
+        self.message, self.value = message, records
 
 
 class _Stream:
@@ -1005,10 +1017,10 @@ class _Capture:
     """Stands for a topic: keeps what an agent sends."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, bytes]] = []
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
 
     async def send(self, key: bytes | None = None, value: bytes = b"", headers: Any = None) -> Any:
-        self.sent.append((key, value))
+        self.sent.append(("", key, value))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -1043,6 +1055,7 @@ def stage_core(ctx: Context) -> None:
 
     from sinks import migrate
     from streams.app import Pipeline
+    from streams.envelopes import ENVELOPE_MAX_RECORDS
     from streams.settings import Settings, load_funnels
 
     settings = Settings(kafka_url="kafka://127.0.0.1:9",  # never connected to
@@ -1052,34 +1065,51 @@ def stage_core(ctx: Context) -> None:
     pipeline = Pipeline(settings, load_funnels(None), clickhouse=client, database="bench_core",
                         registry=CollectorRegistry())
     table, normalized = _Table(), _Capture()
-    pipeline.journeys, pipeline.normalized = table, normalized  # type: ignore[assignment]
+    pipeline.journeys = table  # type: ignore[assignment]
+
+    async def send_normalized(records: Sequence[tuple[int, bytes | None, bytes | None]]) -> list[Any]:
+        normalized.sent.extend((pipeline.names.normalized, key, value or b"") for _, key, value in records)
+        return []
+
+    pipeline._send_normalized = send_normalized  # type: ignore[method-assign]
     pipeline.dead_letter = _Capture()  # type: ignore[assignment]
     partitioner, partitions = DefaultPartitioner(), list(range(PARTITIONS))
     if settings.direct_journeys:  # as a worker owning every partition would decide
         pipeline._direct = frozenset(TP(topic, p) for topic in pipeline.names.events.values()
                                      for p in partitions)
 
-    def events(topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> list[Any]:
-        out = []
-        for offset, (key, value) in enumerate(records):
+    offsets: dict[Any, int] = {}
+
+    def envelopes(records: Iterable[tuple[str, bytes | None, bytes]]) -> list[Any]:
+        """The envelopes a fetch of ``records`` (topic, key, value) would deliver."""
+        parts: dict[Any, list[_Msg]] = {}
+        for topic, key, value in records:
             partition = partitioner(key, partitions, partitions) if key else 0
-            out.append(_Event(_Msg(topic, partition, offset, key, value, TP(topic, partition))))
+            tp = TP(topic, partition)
+            offset = offsets[tp] = offsets.get(tp, -1) + 1
+            parts.setdefault(tp, []).append(_Msg(topic, partition, offset, key, value, tp))
+        out = []
+        for tp, msgs in parts.items():
+            for i in range(0, len(msgs), ENVELOPE_MAX_RECORDS):
+                chunk = msgs[i:i + ENVELOPE_MAX_RECORDS]
+                out.append(_Event(_Envelope(tp.topic, tp.partition, chunk[0].offset, chunk[-1].offset, tp),
+                                  chunk))
         return out
 
     base = int(time.time() * 1000) - (ctx.messages[-1].offset_ms if ctx.messages else 0)
     topics = _topics(ctx.prefix)
-    source = events("", [])
-    for m in ctx.messages:
-        source.extend(events(topics[m.event_type], [(m.key, m.value(base + m.offset_ms))] * m.copies))
+    source = [(topics[m.event_type], m.key, m.value(base + m.offset_ms))
+              for m in ctx.messages for _ in range(m.copies)]
     seconds = {"ingest": 0.0, "journey": 0.0}
 
     async def run() -> None:
         stream, size = _Stream(), settings.batch_max_events
         for i in range(0, len(source), size):
+            batch = envelopes(source[i:i + size])
             began = time.perf_counter()
-            await pipeline._ingest_batch(stream, source[i:i + size])  # type: ignore[arg-type]
+            await pipeline._ingest_batch(stream, batch)  # type: ignore[arg-type]
             seconds["ingest"] += time.perf_counter() - began
-            batch, normalized.sent = events(pipeline.names.normalized, normalized.sent), []
+            batch, normalized.sent = envelopes(normalized.sent), []
             began = time.perf_counter()
             await pipeline._journey_batch(stream, batch)  # type: ignore[arg-type]
             seconds["journey"] += time.perf_counter() - began

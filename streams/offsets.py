@@ -38,7 +38,7 @@ read again from there.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from time import monotonic
 from typing import Any, cast
 
@@ -47,8 +47,10 @@ from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
+from mode.utils.futures import notify
 
 from streams.consumer import EagerConsumer
+from streams.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog
 
 __all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
 
@@ -135,9 +137,12 @@ class RewindingConsumer(EagerConsumer):
         self._starts: dict[TP, int] = {}
         # Partition -> the first offset of a hole it is reading again.
         self._refetching: dict[TP, int] = {}
-        # Partition -> (since when its commits wait for unacknowledged
-        # offsets, whether that was logged).
+        # Partition -> (since when its commits wait for an unacknowledged
+        # envelope, whether that was logged).
         self._blocked: dict[TP, tuple[float, bool]] = {}
+        # Stream partition -> the envelopes delivered since its last seek,
+        # which decide its commits (streams.envelopes).
+        self._envelopes: dict[TP, EnvelopeLog] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -174,13 +179,21 @@ class RewindingConsumer(EagerConsumer):
         for tp in self._rewound:
             self._rewound[tp] = None
         self._refetching.clear()
-        self._blocked.clear()
+        self._forget_envelopes()  # what is in flight is read again from the committed offsets
         self._next.clear()  # in place: a fetch being handed out holds this dict
         self._next.update((tp, offset) for tp, offset in self._committed_offset.items() if offset is not None)
         self._next.update(self._starts)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        """Faust's fetched messages, each partition's strictly in offset order, none skipped.
+        """One fetch: a stream partition's records as envelopes, strictly in offset order, none skipped.
+
+        Replaces Faust's ``Consumer.getmany`` (faust-streaming 0.15.3), which
+        makes a message of every record. Changelog records are still handed
+        out one by one, as Faust's are. The records of a stream (agent)
+        partition are handed out as :class:`~streams.envelopes.Envelope`
+        messages of up to ``ENVELOPE_MAX_RECORDS`` records, each recorded in
+        the partition's :class:`~streams.envelopes.EnvelopeLog`, which decides
+        what may be committed.
 
         Faust's fetch loop hands out any message newer than the partition's
         read offset and takes the offsets in between as done (compaction and
@@ -193,46 +206,79 @@ class RewindingConsumer(EagerConsumer):
         next ones as a hole. A restarted worker lost 142-143 messages per
         partition that way.
 
-        Here a stream partition's messages are handed out only while flow
-        control is on, and only in order from the next offset expected (the
-        committed offset, or the start, after a seek). A message past it
-        makes the partition be read again from there (its later messages in
-        this fetch are dropped); a hole that is still there when read again is committed
-        past, so a truncated topic cannot loop. Changelogs are Faust's.
+        Here a stream partition's records are handed out only while flow
+        control is on, only while the consumer generation they were fetched
+        in lasts, and only in order from the next offset expected (the
+        committed offset, or the start, after a seek). A record past it makes
+        the partition be read again from there (its later records in this
+        fetch are dropped); a hole that is still there when read again is
+        committed past, so a truncated topic cannot loop.
         """
-        expected = self._next
-        refetching = self._refetching
-        read_offset = self._read_offset
-        flow = self.app.flow_control
-        changelogs = self.app.tables.changelog_topics
-        holed: set[TP] = set()
-        async for tp, message in super().getmany(timeout):
+        records, active = await self._wait_next_records(timeout)
+        if records is None or self.should_stop:
+            return
+        app = self.app
+        if not self.flow_active:  # Faust's: a rebalance or recovery stopped the flow
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                log.warning("could not seek to the committed offsets while flow is stopped: %s", exc)
+            return
+        generation = app.consumer_generation_id
+        changelogs = app.tables.changelog_topics
+        buffered = self._buffered_partitions
+        to_message = self._to_message
+        for tp, fetched in records.items():
+            if not self.flow_active or app.consumer_generation_id != generation:
+                return  # what is left is fetched again after the seek that follows
+            if active is not None and tp not in active and tp not in buffered:
+                continue
+            app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if tp.topic in changelogs:
-                yield tp, message
+                for record in fetched:
+                    yield tp, to_message(tp, record)
                 continue
-            if not flow.is_active():
-                await flow.acquire()  # a seek may come meanwhile: check offsets after
-            if message.generation_id != self.app.consumer_generation_id:
-                # Fetched before a rebalance (waiting for flow control or not):
-                # Faust's streams would drop it and acknowledge it anyway;
-                # the rebalance's seek, or the hole it leaves, reads it again.
+            taken = await self._in_order(tp, fetched, generation)
+            if not taken:
                 continue
-            offset = message.offset
+            envelopes = self._envelopes.get(tp)
+            if envelopes is None:
+                envelopes = self._envelopes[tp] = EnvelopeLog()
+            for i in range(0, len(taken), ENVELOPE_MAX_RECORDS):
+                envelope = Envelope(tp, taken[i:i + ENVELOPE_MAX_RECORDS], generation)
+                envelopes.deliver(envelope)
+                # What Faust's loop compares with: never drop this one, see no hole.
+                self._read_offset[tp] = envelope.offset - 1
+                yield tp, envelope
+
+    async def _in_order(self, tp: TP, fetched: Sequence[Any], generation: int) -> list[Any]:
+        """The records of ``fetched`` to hand out: those from the next offset expected on, in order.
+
+        None if the consumer generation changed while waiting for flow
+        control (a rebalance: its seek reads them again).
+        """
+        flow = self.app.flow_control
+        if not flow.is_active():
+            await flow.acquire()  # a seek may come meanwhile: check offsets after
+            if self.app.consumer_generation_id != generation:
+                return []
+        expected, refetching = self._next, self._refetching
+        taken: list[Any] = []
+        for record in fetched:
+            offset = record.offset
             want = expected.get(tp)
             if want is not None and offset != want:
-                if offset < want or tp in holed:
-                    continue  # handed out already, or after a hole in this fetch
+                if offset < want:
+                    continue  # handed out already
                 if refetching.get(tp) != want:
-                    holed.add(tp)
                     await self._refetch(tp, want, offset)
-                    continue
-                await self._commit_past(tp, want, offset - 1)
+                    break  # its later records in this fetch are read again too
+                self._commit_past(tp, want, offset - 1)
             if refetching:
                 refetching.pop(tp, None)
             expected[tp] = offset + 1
-            # What Faust's loop compares with: never drop this one, see no hole.
-            read_offset[tp] = offset - 1
-            yield tp, message
+            taken.append(record)
+        return taken
 
     async def _refetch(self, tp: TP, first: int, found: int) -> None:
         log.warning("offsets %d-%d of %s[%d] were fetched but not handed out: reading them again",
@@ -263,6 +309,7 @@ class RewindingConsumer(EagerConsumer):
                                 self._acked_index, self._gap, self._next):
                 bookkeeping.pop(tp, None)
             self._rewound[tp] = starts[tp]
+        self._forget_envelopes(tps)
         await self.seek_wait(starts)
         log.warning("reading %d partitions again from their start (the broker lost them): %s",
                     len(tps), ", ".join(f"{tp.topic}[{tp.partition}]@{starts[tp]}" for tp in sorted(tps)))
@@ -279,43 +326,111 @@ class RewindingConsumer(EagerConsumer):
         if self._is_changelog_tp(tp):
             await super()._add_gap(tp, offset_from, offset_to)
 
-    async def _commit_past(self, tp: TP, first: int, last: int) -> None:
+    def describe(self) -> str:
+        """Where each stream partition stands (for a log line when nothing moves)."""
+        active = self._active_partitions or set()
+        parts = []
+        for tp in sorted(self.assignment()):
+            if self._is_changelog_tp(tp):
+                continue
+            envelopes = self._envelopes.get(tp)
+            state = ("active" if tp in active else "buffered" if tp in self._buffered_partitions
+                     else "paused" if tp in self._paused_partitions else "inactive")
+            parts.append(f"{tp.topic}[{tp.partition}] {state} next={self._next.get(tp)} "
+                         f"committed={self._committed_offset.get(tp)} "
+                         f"envelopes={envelopes._fifo if envelopes is not None else None}")
+        flow = self.app.flow_control.is_active()
+        return f"flow={'on' if flow else 'off'} consumer_flow={self.flow_active}; " + "; ".join(parts)
+
+    def _commit_past(self, tp: TP, first: int, last: int) -> None:
+        # The next envelope starts after the hole: committing it passes the hole.
         log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
                     first, last, tp.topic, tp.partition)
-        await super()._add_gap(tp, first, last)
+
+    # -- commits of envelope partitions: their EnvelopeLog, not Faust's acked offsets and gaps --
+    def ack(self, message: Message) -> bool:
+        """Faust's acknowledgement: for an envelope, only the end of its tracking.
+
+        Called by ``Message.ack`` under Faust's (reentrant) ``ack_lock`` once
+        the stream's last reference is released. What an envelope's commit
+        needs is :func:`~streams.envelopes.mark_done`, which only the agent
+        calls: Faust's streams also acknowledge, unprocessed, the messages
+        they skip while flow control is suspended or that come from an older
+        consumer generation (``Stream._py_aiter``); those stay not done, and
+        the seek that follows reads them again.
+        """
+        if not isinstance(message, Envelope):
+            return super().ack(message)
+        if message.acked:
+            return False
+        message.acked = True
+        self._unacked_messages.discard(message)
+        self._n_acked += len(message.records)
+        notify(self._waiting_for_ack)
+        return True
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        yield from super()._filter_tps_with_pending_acks(topics)
+        for tp, envelopes in self._envelopes.items():
+            if envelopes and (topics is None or tp in topics or tp.topic in topics):
+                yield tp
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])
 
     def _new_offset(self, tp: TP) -> int | None:
-        offset = super()._new_offset(tp)
-        if offset is None:
-            self._watch_blocked(tp)
-        else:
-            self._blocked.pop(tp, None)
-        return offset
+        envelopes = self._envelopes.get(tp)
+        if envelopes is not None:
+            offset = envelopes.committable()
+            self._watch_blocked(tp, envelopes)
+            return offset
+        return super()._new_offset(tp)
 
-    def _watch_blocked(self, tp: TP) -> None:
-        """Say once when ``tp``'s commits wait for offsets that were never acknowledged."""
-        acked, committed = self._acked[tp], self._committed_offset[tp]
-        if not acked or not committed or min(acked) - committed <= 1:
-            self._blocked.pop(tp, None)  # nothing acknowledged, or Faust's own tolerance of one
+    def _forget_envelopes(self, tps: Iterable[TP] | None = None) -> None:
+        """Replace the envelope logs of ``tps`` (all if None): what they held commits nothing now."""
+        if tps is None:
+            self._envelopes.clear()
+            self._blocked.clear()
             return
+        for tp in tps:
+            self._envelopes.pop(tp, None)
+            self._blocked.pop(tp, None)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # Faust's handler waits for the agents' acknowledgements and commits
+        # (with the logs still in place), then the revoked logs go.
+        try:
+            await super().on_partitions_revoked(revoked)
+        finally:
+            self._forget_envelopes(revoked)
+
+    def _watch_blocked(self, tp: TP, envelopes: EnvelopeLog) -> None:
+        """Say once when ``tp``'s commits wait for an envelope never acknowledged while later ones were."""
+        blocked = envelopes.blocked()
+        if blocked is None:
+            self._blocked.pop(tp, None)
+            return
+        since, first, last, done = blocked
+        _, told = self._blocked.setdefault(tp, (since, False))
         now = monotonic()
-        since, told = self._blocked.setdefault(tp, (now, False))
         if not told and now - since >= BLOCKED_COMMIT_WARN_SECONDS:
             self._blocked[tp] = (since, True)
             log.warning("commits of %s[%d] have waited %.0f s at offset %d: offsets %d-%d were never "
-                        "acknowledged (%d later ones were)", tp.topic, tp.partition, now - since,
-                        committed, committed, min(acked) - 1, len(acked))
+                        "acknowledged (%d later envelopes were)", tp.topic, tp.partition, now - since,
+                        first, first, last, done)
 
     def _held(self, tp: TP) -> bool:
         """Whether ``tp`` waits for its start to be processed before it commits anything."""
         if tp not in self._rewound:
             return False
         start = self._rewound[tp]
-        acked = self._acked[tp]
-        if start is not None and acked and min(acked) <= start:
+        envelopes = self._envelopes.get(tp)
+        if envelopes is not None:
+            first = envelopes.first_offset() if envelopes.head_done() else None
+        else:
+            acked = self._acked[tp]
+            first = min(acked) if acked else None
+        if start is not None and first is not None and first <= start:
             del self._rewound[tp]  # read again from the start: commits are whole again
             return False
         return True

@@ -31,7 +31,13 @@ class RecordingClient:
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
 
-    def insert(self, table: str, rows: Any, column_names: Any = None, settings: Any = None) -> None:
+    def create_insert_context(self, table: str, column_names: Any, column_type_names: Any = None) -> Any:
+        return SimpleNamespace(table=table, column_names=column_names, settings=None, data=None)
+
+    def insert(self, table: str = "", rows: Any = None, column_names: Any = None, settings: Any = None,
+               *, data: Any = None, context: Any = None) -> None:
+        if context is not None:  # the sink's reused insert context
+            table, rows = context.table, data
         self.rows[table.split(".")[-1]].extend(tuple(row) for row in rows)
 
 
@@ -59,17 +65,15 @@ class Table(dict[bytes, Any]):
         return []
 
 
-class Topic:
-    """Stands for `normalized`: keeps what the ingest agent sends."""
+class Normalized:
+    """Stands for the producer of `normalized`: keeps the (key, value) records the ingest agent sends."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
 
-    async def send(self, key: bytes, value: bytes) -> Any:
-        self.sent.append((key, value))
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
+    async def send(self, records: Any) -> list[Any]:
+        self.sent.extend((key, value) for _, key, value in records)
+        return []
 
 
 class Stream:
@@ -80,14 +84,24 @@ class Stream:
 
 
 class Event:
-    def __init__(self, message: Any) -> None:
-        self.message = message
+    def __init__(self, message: Any, value: Any = None) -> None:
+        self.message, self.value = message, value
 
 
 def message(topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> Any:
-    tp = TP(topic, partition)
-    return Event(SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=value,
-                                 tp=tp))
+    """A fetched record."""
+    return SimpleNamespace(topic=topic, partition=partition, offset=offset, key=key, value=value,
+                           tp=TP(topic, partition))
+
+
+def envelopes(records: list[Any]) -> list[Event]:
+    """The records as the consumer delivers them: one envelope per partition, offsets in order."""
+    parts: dict[TP, list[Any]] = {}
+    for record in records:
+        parts.setdefault(record.tp, []).append(record)
+    return [Event(SimpleNamespace(topic=tp.topic, partition=tp.partition, first_offset=part[0].offset,
+                                  offset=part[-1].offset, tp=tp), part)
+            for tp, part in parts.items()]
 
 
 def home(key: bytes) -> int:
@@ -104,7 +118,8 @@ def make_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
                             topic_prefix="t.", direct_journeys=direct)
         pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
                             database="funnel", registry=CollectorRegistry())
-        pipeline.journeys, pipeline.normalized = Table(), Topic()  # type: ignore[assignment]
+        pipeline.journeys, pipeline.normalized = Table(), Normalized()  # type: ignore[assignment]
+        pipeline._send_normalized = pipeline.normalized.send  # type: ignore[attr-defined, method-assign]
         if direct:  # what _direct_partitions decides for a worker that owns every partition
             pipeline._direct = frozenset(TP(t, p) for t in pipeline.names.events.values() for p in partitions)
         built.append(pipeline)
@@ -143,18 +158,18 @@ def test_keyed_events_skip_normalized_and_give_the_same_rows(make_pipeline: Any)
 
     stream = Stream()
     held = stream.current_event
-    asyncio.run(direct._ingest_batch(stream, traffic(direct)))  # type: ignore[arg-type]
+    asyncio.run(direct._ingest_batch(stream, envelopes(traffic(direct))))  # type: ignore[arg-type]
     assert direct.normalized.sent == []  # type: ignore[attr-defined]
     assert stream.current_event is held  # the take buffer's, untouched
     assert direct.journeys.routed == {key: home(key) for key in direct.journeys}  # type: ignore[attr-defined]
 
     async def through_normalized() -> None:
-        await hop._ingest_batch(Stream(), traffic(hop))  # type: ignore[arg-type]
+        await hop._ingest_batch(Stream(), envelopes(traffic(hop)))  # type: ignore[arg-type]
         sent = hop.normalized.sent  # type: ignore[attr-defined]
         assert len(sent) == len(traffic(hop))
         batch = [message(hop.names.normalized, home(key), offset, key, value)
                  for offset, (key, value) in enumerate(sent)]
-        await hop._journey_batch(Stream(), batch)  # type: ignore[arg-type]
+        await hop._journey_batch(Stream(), envelopes(batch))  # type: ignore[arg-type]
 
     asyncio.run(through_normalized())
     assert rows(direct) == rows(hop)
@@ -183,9 +198,9 @@ def test_events_keyed_otherwise_or_elsewhere_take_normalized(make_pipeline: Any)
         visit_of(elsewhere, f"u{elsewhere}".encode(), home(f"u{elsewhere}".encode())),  # not direct here
         visit_of(99, b"u99", (home(b"u99") + 1) % PARTITIONS),  # keyed by its user, another partition
     ]
-    asyncio.run(pipeline._ingest_batch(Stream(), batch))  # type: ignore[arg-type]
-    assert [key for key, _ in pipeline.normalized.sent] == [  # type: ignore[attr-defined]
-        b"u1", b"u2", f"u{elsewhere}".encode(), b"u99"]
+    asyncio.run(pipeline._ingest_batch(Stream(), envelopes(batch)))  # type: ignore[arg-type]
+    assert sorted(key for key, _ in pipeline.normalized.sent) == sorted([  # type: ignore[attr-defined]
+        b"u1", b"u2", f"u{elsewhere}".encode(), b"u99"])  # envelope by envelope
     assert list(pipeline.journeys) == [b"u0"]
     assert [row[0] for row in rows(pipeline)["events"]] == ["00000000-0000-4000-8000-000000000000"]
 

@@ -15,6 +15,7 @@ import pytest
 from faust.types import TP
 
 from streams import offsets
+from streams.envelopes import Envelope, EnvelopeLog
 from streams.offsets import RewindingConsumer
 
 VISIT = TP("funnel.visit", 0)
@@ -61,9 +62,25 @@ def consumer(app_consumer: Any) -> RewindingConsumer:
 
 
 def _ack(consumer: RewindingConsumer, tp: TP, offsets: range) -> None:
-    for offset in offsets:
-        consumer._acked[tp].append(offset)
-        consumer._acked_index[tp].add(offset)
+    """Deliver ``offsets`` of ``tp`` as one envelope, and acknowledge it."""
+    _finish(consumer, _deliver(consumer, tp, offsets)[0])
+
+
+def _deliver(consumer: RewindingConsumer, tp: TP, *ranges: range) -> list[Envelope]:
+    """Envelopes of ``ranges`` handed out from ``tp``, as getmany records them."""
+    out = []
+    for offsets_ in ranges:
+        envelope = Envelope(tp, [SimpleNamespace(offset=o, timestamp=None, timestamp_type=0)
+                                 for o in offsets_], consumer.app.consumer_generation_id)
+        consumer._envelopes.setdefault(tp, EnvelopeLog()).deliver(envelope)
+        out.append(envelope)
+    return out
+
+
+def _finish(consumer: RewindingConsumer, envelope: Envelope) -> None:
+    """What the agent does once all of ``envelope`` is written."""
+    envelope.done = True
+    envelope.ack(consumer)
 
 
 def _run(consumer: RewindingConsumer, main: Any) -> Any:
@@ -81,7 +98,7 @@ def test_a_rewind_seeks_the_assigned_partitions_to_their_start_and_commits_it(
     assert broker.seeks == [{VISIT: 3}]
     assert broker.commits == [{VISIT: 3}]  # replaces the offset committed from the old position
     assert consumer._read_offset[VISIT] is None and consumer._committed_offset[VISIT] is None
-    assert consumer._acked[VISIT] == [] and not consumer._acked_index[VISIT]
+    assert VISIT not in consumer._envelopes  # what was delivered before commits nothing
     assert consumer._rewound == {VISIT: 3, OTHER: None}  # OTHER waits until it is assigned here
     _run(consumer, consumer._rewind_pending())
     assert len(broker.seeks) == 1  # nothing left to do
@@ -92,12 +109,13 @@ def test_nothing_is_committed_for_a_rewound_partition_until_its_start_is_process
     Broker(consumer, assigned={VISIT, OTHER})
     consumer.rewind([VISIT])
     assert consumer._filter_committable_offsets([VISIT]) == {}  # the rewind has not happened yet
+    [stale] = _deliver(consumer, VISIT, range(20, 26))  # fetched before the seek
     _run(consumer, consumer._rewind_pending())
-    _ack(consumer, VISIT, range(20, 26))  # records fetched before the seek, processed after it
+    _finish(consumer, stale)  # processed after it
     _ack(consumer, OTHER, range(0, 5))
     assert consumer._filter_committable_offsets([VISIT, OTHER]) == {OTHER: 5}
     _ack(consumer, VISIT, range(0, 20))  # read again from the start
-    assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 26}
+    assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 20}
     assert VISIT not in consumer._rewound
 
 
@@ -138,7 +156,8 @@ class Fetches:
 
         async def wait_next_records(timeout: float) -> Any:
             batch = self.batches.pop(0)
-            records = {tp: [SimpleNamespace(offset=o) for o in offsets] for tp, offsets in batch.items()}
+            records = {tp: [SimpleNamespace(offset=o, timestamp=None, timestamp_type=0) for o in offsets]
+                       for tp, offsets in batch.items()}
             return records, set(batch)
 
         async def seek(tp: TP, offset: int) -> None:
@@ -154,9 +173,13 @@ class Fetches:
 
 
 async def _hand_out_async(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
+    """The offsets handed out, envelope by envelope (a changelog's record by record)."""
     handed = []
     async for tp, message in consumer.getmany(timeout=0):
-        handed.append((tp, message.offset))
+        if isinstance(message, Envelope):
+            handed.extend((tp, record.offset) for record in message.records)
+        else:
+            handed.append((tp, message.offset))
     return handed
 
 
@@ -187,9 +210,11 @@ def test_a_hole_still_there_when_read_again_is_committed_past(
     assert _hand_out(consumer) == [(VISIT, 10), (VISIT, 11)]
     assert fetches.seeks == [(VISIT, 6)]
     assert "offsets 6-9 of funnel.visit[0] are missing on the broker: committed past them" in caplog.text
-    assert sorted(consumer._gap[VISIT])[0][:2] == (6, 10)  # Faust's bookkeeping: commits pass 6-9
     assert _hand_out(consumer) == [(VISIT, 12)]
     assert not consumer._refetching
+    for envelope in consumer._envelopes[VISIT]._fifo:
+        _finish(consumer, envelope)
+    assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 13}  # past 6-9
 
 
 def test_messages_already_handed_out_are_not_handed_out_again(consumer: RewindingConsumer) -> None:
@@ -247,20 +272,21 @@ def test_changelog_gaps_stay_faust_s(consumer: RewindingConsumer, caplog: pytest
     assert "missing on the broker" not in caplog.text
 
 
-def test_commits_waiting_for_unacknowledged_offsets_are_logged_once(
+def test_commits_waiting_for_an_unacknowledged_envelope_are_logged_once(
         consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A partition whose commits cannot move says which offsets it waits for."""
     monkeypatch.setattr(offsets, "BLOCKED_COMMIT_WARN_SECONDS", 0.0)
     consumer._committed_offset[VISIT] = 100
-    _ack(consumer, VISIT, range(105, 111))
+    head, later = _deliver(consumer, VISIT, range(100, 105), range(105, 111))
+    _finish(consumer, later)
     assert consumer._filter_committable_offsets([VISIT]) == {}
     assert consumer._filter_committable_offsets([VISIT]) == {}
     told = [r for r in caplog.records if "commits of funnel.visit[0]" in r.getMessage()]
     assert len(told) == 1
-    assert ("waited 0 s at offset 100: offsets 100-104 were never acknowledged (6 later ones were)"
+    assert ("waited 0 s at offset 100: offsets 100-104 were never acknowledged (1 later envelopes were)"
             in told[0].getMessage())
-    _ack(consumer, VISIT, range(100, 105))
+    _finish(consumer, head)
     assert consumer._filter_committable_offsets([VISIT]) == {VISIT: 111}
     assert not consumer._blocked
 
@@ -284,19 +310,24 @@ def test_messages_from_before_a_rebalance_are_not_handed_out(consumer: Rewinding
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
 
 
-def test_messages_of_an_older_generation_are_not_handed_out_while_flow_runs(
+def test_records_of_an_older_generation_are_not_handed_out_while_flow_runs(
         consumer: RewindingConsumer) -> None:
-    """Fetched before a rebalance, handed out after it with flow control on: streams would drop
-    them and acknowledge them, and commits would pass them. They are read again instead."""
-    Broker(consumer, assigned={VISIT})  # offsets committed: 27
-    Fetches(consumer, {VISIT: [27, 28]}, {VISIT: [27, 28]})
+    """A rebalance while a fetch is being handed out: streams would drop the rest and acknowledge
+    them, and commits would pass them. They are read again after the rebalance's seek instead."""
+    Broker(consumer, assigned={VISIT, OTHER})  # offsets committed: 27
+    Fetches(consumer, {VISIT: [27, 28], OTHER: [27]}, {VISIT: [27, 28], OTHER: [27]})
     _run(consumer, consumer.perform_seek())
-    fresh = consumer._to_message
-    consumer._to_message = lambda tp, record: SimpleNamespace(  # type: ignore
-        tp=tp, offset=record.offset, generation_id=consumer.app.consumer_generation_id - 1)
-    assert _hand_out(consumer) == []
-    consumer._to_message = fresh  # type: ignore[method-assign]
-    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
+
+    async def rebalanced_after_the_first() -> list[tuple[TP, int]]:
+        handed = []
+        async for tp, message in consumer.getmany(timeout=0):
+            handed.extend((tp, record.offset) for record in message.records)
+            consumer.app.consumer_generation_id += 1  # the fetch loop awaited: a rebalance came
+        return handed
+
+    assert _run(consumer, rebalanced_after_the_first()) == [(VISIT, 27), (VISIT, 28)]
+    _run(consumer, consumer.perform_seek())
+    assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28), (OTHER, 27)]
 
 
 def test_partitions_without_a_committed_offset_are_sought_to_their_start(consumer: RewindingConsumer) -> None:
