@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import gc
 import json
 import math
 import os
@@ -1057,6 +1058,7 @@ def stage_core(ctx: Context) -> None:
     from streams.app import Pipeline
     from streams.envelopes import ENVELOPE_MAX_RECORDS
     from streams.settings import Settings, load_funnels
+    from streams.worker import tune_gc
 
     settings = Settings(kafka_url="kafka://127.0.0.1:9",  # never connected to
                         topic_prefix=ctx.prefix, data_dir=ctx.run_dir / "core")
@@ -1115,9 +1117,12 @@ def stage_core(ctx: Context) -> None:
             seconds["journey"] += time.perf_counter() - began
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")
 
+    thresholds = gc.get_threshold()
+    tune_gc()  # as a worker runs
     try:
         asyncio.run(run())
     finally:
+        gc.set_threshold(*thresholds)
         pipeline.close()
     total = sum(seconds.values())
     ctx.progress.done(f"core: {len(source)} events in {total:.2f}s")
