@@ -82,3 +82,16 @@ def test_without_any_fetch_answer_the_reported_ends_stand(caplog: pytest.LogCapt
                         batch_start={A: 0, B: 0, C: 0}, silent_fetches=10**6)
     assert _ends(consumer, timeout=0.0) == {A: 1, B: 3, C: 0}
     assert "no fetch answered for t[0], t[1] within 0 s" in caplog.text
+
+
+def test_the_worker_s_fetches_wait_at_most_fetch_max_wait_ms(app_consumer: Any) -> None:
+    """Faust asks for 1 500 ms; the embedded broker then holds fetches that long with records there."""
+    from streams.offsets import FETCH_MAX_WAIT_MS
+
+    async def build() -> Any:
+        consumer = app_consumer._thread._create_worker_consumer(app_consumer.transport)
+        await consumer.stop()
+        return consumer
+
+    consumer = asyncio.run(build())
+    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS == 100
