@@ -1,7 +1,7 @@
 """Reliability (issue 4): restarts and SIGKILL while a generated stream is processed.
 
 A seeded `funnel generate` run with a known ground truth is consumed by a
-worker that is killed with SIGKILL three times at random points and restarted
+worker that is killed with SIGKILL three times at random points of its progress and restarted
 (each restart reopens the embedded ClickHouse the dead worker owned). At the
 end ClickHouse holds exactly the ground truth, and no user ever got two
 different entry events for one stage. A smaller test first checks that a
@@ -37,7 +37,9 @@ SEED = 4004
 #: Users of the generated stream: about 1.17 events each, so over 200 000 events (checked below).
 USERS = 175_000
 MIN_EVENTS = 200_000
-KILLS = 3
+#: Where in the stream each SIGKILL comes: a random share of MIN_EVENTS written, within these bounds.
+KILL_AT = ((0.10, 0.30), (0.40, 0.60), (0.70, 0.85))
+KILLS = len(KILL_AT)
 
 
 def restart(env: dict[str, str], log_path: Path) -> Worker:
@@ -79,12 +81,19 @@ def test_sigkill_three_times_then_exact(pipeline_env: dict[str, str], tmp_path: 
             pipeline_env, truth, "--seed", str(SEED), "--users", str(USERS), "--rate", "20000",
             "--stage-delay", "0.5", "--duplicate-rate", "0.01", log_path=tmp_path / "generate.log",
         ) as generator:
-            for kill in range(1, KILLS + 1):
-                time.sleep(rng.uniform(2.0, 8.0))
+            # Each kill comes at a random point of the stream's progress (events
+            # in ClickHouse), not of the clock: a worker that keeps up with the
+            # generator would otherwise have drained everything by the last one.
+            for kill, (low, high) in enumerate(KILL_AT, start=1):
+                target = round(rng.uniform(low, high) * MIN_EVENTS)
+                wait_until(lambda target=target: workers[-1].scalar("SELECT count() FROM funnel.events")
+                           >= target, 240, f"{target} events in ClickHouse before kill {kill}", every=0.1)
                 behind = sum(pipeline_lag(workers[-1]).values())
-                assert behind > 0, f"kill {kill} would not interrupt anything: the stream is already done"
+                done = workers[-1].scalar("SELECT count(DISTINCT event_id) FROM funnel.events")
+                assert done < MIN_EVENTS, f"kill {kill} would not interrupt anything: the stream is done"
                 assert workers[-1].stop(signal.SIGKILL) == -signal.SIGKILL
-                print(f"crash: kill {kill} at {time.monotonic() - started:.1f}s, {behind} messages behind")
+                print(f"crash: kill {kill} at {time.monotonic() - started:.1f}s, {done} distinct events "
+                      f"written, {behind} messages behind")
                 # The dead worker owned the chDB path: the next one must open it again.
                 workers.append(restart(pipeline_env, tmp_path / f"worker-{kill}.log"))
             assert generator.wait(120) == 0
