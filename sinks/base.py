@@ -55,7 +55,8 @@ class BatchSink(ABC):
             max_workers=1, thread_name_prefix=f"sink-{self.name}"
         )
         self._pending = metrics.sink_pending_rows.labels(self.name)
-        self._reported = 0  # of the rows buffered, those the gauge counts
+        self._reported = 0  # of the rows buffered or taken, those the gauge counts
+        self._taken = 0  # rows taken (take) and not written yet
         # Export the error counter at 0 from the start: a series that first
         # appears at 1 hides its first failures from rate() and increase().
         metrics.sink_errors.labels(self.name)
@@ -90,29 +91,48 @@ class BatchSink(ABC):
 
     @property
     def pending(self) -> int:
-        return sum(len(rows) for rows in self._buffers.values())
+        """Rows added and not written yet (those taken by :meth:`take` included)."""
+        return sum(len(rows) for rows in self._buffers.values()) + self._taken
 
-    async def flush(self, token: str) -> None:
-        """Write everything buffered, table by table, then clear the buffers.
+    def take(self) -> dict[str, list[Row]]:
+        """Detach the rows buffered now, to write with :meth:`write_taken`; adds start afresh.
 
-        Retries each table until it is written. Raises :class:`SinkStopped`
-        (buffers kept) if :meth:`stop` is called while a write keeps failing.
+        Lets a caller prepare its next batch while this one is written:
+        rows added meanwhile are not part of the taken ones.
         """
+        taken, self._buffers = self._buffers, {}
+        self._taken += sum(len(rows) for rows in taken.values())
         self.report_pending()
-        for table in list(self._buffers):
-            rows = self._buffers[table]
+        return taken
+
+    async def write_taken(self, taken: dict[str, list[Row]], token: str) -> None:
+        """Write rows from :meth:`take`, table by table, as :meth:`flush` does.
+
+        Retries each table until it is written; a table leaves ``taken``
+        once written, so a :class:`SinkStopped` leaves exactly the unwritten
+        ones in it.
+        """
+        for table in list(taken):
+            rows = taken[table]
             if rows:
                 await self._write_with_retry(table, rows, f"{token}:{table}")
-            # A table is cleared only once written, so a SinkStopped leaves
-            # exactly the unwritten tables behind.
-            del self._buffers[table]
+            del taken[table]
+            self._taken -= len(rows)
             self._pending.dec(len(rows))
             self._reported -= len(rows)
+
+    async def flush(self, token: str) -> None:
+        """Write everything buffered, table by table (:meth:`take`, then :meth:`write_taken`).
+
+        Retries each table until it is written. Raises :class:`SinkStopped`
+        if :meth:`stop` is called while a write keeps failing.
+        """
+        await self.write_taken(self.take(), token)
 
     def discard(self) -> None:
         """Drop buffered rows (the caller will see the same messages again)."""
         self._pending.dec(self._reported)
-        self._reported = 0
+        self._reported = self._taken = 0
         self._buffers.clear()
 
     async def run_blocking(self, fn, *args):

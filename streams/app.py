@@ -19,6 +19,7 @@ logic plus idempotent sinks make the replay harmless.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -104,6 +105,13 @@ def batch_token(agent: str, events: Sequence[EventT]) -> str:
     spec = ";".join(f"{t}/{p}/{lo}-{hi}" for (t, p), (lo, hi) in sorted(ranges.items()))
     return f"{agent}:{hashlib.sha1(spec.encode()).hexdigest()}"
 
+
+#: What finishes a handled batch: its ClickHouse writes, the broker's acknowledgements.
+Finish = Callable[[], Awaitable[None]]
+#: An agent's batch body: does the batch's work, returns what finishes it.
+Handle = Callable[[Stream, Sequence[EventT]], Awaitable[Finish]]
+#: What _attempt returns when a sink stopped.
+_STOPPED = object()
 
 #: A changelog record: (partition, serialized key, serialized value).
 ChangelogRecord = tuple[int, bytes | None, bytes | None]
@@ -390,37 +398,79 @@ class Pipeline:
         web.install(self, app)
         return app
 
-    async def _run_batches(self, name: str, stream: Stream, handle: Any) -> None:
-        """Batch loop shared by the agents: handle, then acknowledge; never crash the worker.
+    async def _run_batches(self, name: str, stream: Stream, handle: Handle) -> None:
+        """Batch loop shared by the agents: handle, write, then acknowledge; never crash the worker.
 
         A batch is a list of envelopes (streams.envelopes), each the records
         of one partition fetched together, up to ``FUNNEL_BATCH_MAX_EVENTS``
         records or ``FUNNEL_BATCH_MAX_SECONDS``. Acknowledging an envelope
         lets the consumer commit past it: only once all it caused is written.
 
+        ``handle`` does a batch's work (journeys, rows, produced messages)
+        and returns what finishes it: the ClickHouse writes and the wait for
+        the broker's acknowledgements. A batch finishes while the next one
+        is handled (the sink's thread writes while the event loop works), one
+        at a time and in order; the next batch's own finish waits for it.
+
         A batch whose produced messages the broker refused (a topic being
         recreated, a leader moving) is handled again after a pause: Faust
         would not deliver its unacknowledged messages to a restarted agent.
         """
         s = self.settings
-        async for events in take_envelopes(stream, s.batch_max_events, s.batch_max_seconds):
-            delay = PRODUCE_RETRY_INITIAL_SECONDS
-            while True:
-                try:
-                    await handle(stream, events)
-                    break
-                except SinkStopped:
-                    log.warning("%s: stopping with an unwritten batch; it will be consumed again", name)
+        previous: asyncio.Future[bool] | None = None
+        try:
+            async for events in take_envelopes(stream, s.batch_max_events, s.batch_max_seconds):
+                finish = await self._attempt(name, functools.partial(handle, stream, events))
+                if finish is _STOPPED or (previous is not None and not await previous):
                     return
-                except KafkaError as exc:
-                    self.metrics.produce_retries.labels(name).inc()
-                    log.warning("%s: the broker refused a message of this batch (%r); "
-                                "handling the batch again in %.1f s", name, exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, PRODUCE_RETRY_MAX_SECONDS)
-            for event in events:
-                mark_done(event)
-                await stream.ack(event)
+                previous = asyncio.ensure_future(
+                    self._finish(name, stream, events, handle, cast(Finish, finish)))
+            if previous is not None:
+                await previous
+        finally:
+            if previous is not None and not previous.done():
+                previous.cancel()
+
+    async def _finish(self, name: str, stream: Stream, events: Sequence[EventT], handle: Handle,
+                      finish: Finish) -> bool:
+        """Finish a handled batch (handling it again if the broker refused it), then acknowledge it.
+
+        False if a sink stopped first: the batch stays unacknowledged.
+        """
+        current: Finish | None = finish
+
+        async def attempt() -> None:
+            nonlocal current
+            if current is None:  # refused: the whole batch again
+                current = await handle(stream, events)
+            try:
+                await current()
+            except KafkaError:
+                current = None
+                raise
+
+        if await self._attempt(name, attempt) is _STOPPED:
+            return False
+        for event in events:
+            mark_done(event)
+            await stream.ack(event)
+        return True
+
+    async def _attempt(self, name: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """``attempt()`` until the broker accepts it (pausing between tries); _STOPPED if a sink stopped."""
+        delay = PRODUCE_RETRY_INITIAL_SECONDS
+        while True:
+            try:
+                return await attempt()
+            except SinkStopped:
+                log.warning("%s: stopping with an unwritten batch; it will be consumed again", name)
+                return _STOPPED
+            except KafkaError as exc:
+                self.metrics.produce_retries.labels(name).inc()
+                log.warning("%s: the broker refused a message of this batch (%r); "
+                            "handling the batch again in %.1f s", name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PRODUCE_RETRY_MAX_SECONDS)
 
     async def _ingest_agent(self, stream: StreamT) -> None:
         await self._run_batches("ingest", cast(Stream, stream), self._ingest_batch)
@@ -432,7 +482,7 @@ class Pipeline:
         await self._run_batches("spend", cast(Stream, stream), self._spend_batch)
 
     # -- agents -----------------------------------------------------------------
-    async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+    async def _ingest_batch(self, stream: Stream, events: Sequence[EventT]) -> Finish:
         """Decode and validate; pass valid events on by user, the invalid to the dead letters.
 
         An event keyed by its user id, in the partition that `normalized`
@@ -468,12 +518,19 @@ class Pipeline:
                 else:
                     onward.append((partition, user, orjson.dumps(norm)))
         delivered = await self._send_normalized(onward)
+        journeys = None
         if direct:
-            await self._apply_journeys(direct, self.direct_sink,
-                                       batch_token("journey-direct", [e for e, _, _ in direct]))
-        # Delivered before acknowledged: nothing is lost between topics.
-        await asyncio.gather(*pending, *delivered)
-        tally.apply()  # once: a batch handled again after a refusal is counted once
+            journeys = await self._apply_journeys(direct, self.direct_sink,
+                                                  batch_token("journey-direct", [e for e, _, _ in direct]))
+
+        async def finish() -> None:
+            if journeys is not None:
+                await journeys()
+            # Delivered before acknowledged: nothing is lost between topics.
+            await asyncio.gather(*pending, *delivered)
+            tally.apply()  # once: a batch handled again after a refusal is counted once
+
+        return finish
 
     async def _send_normalized(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
         """Produce (partition, key, value) records to `normalized`; their batches' futures."""
@@ -527,9 +584,10 @@ class Pipeline:
             value = value[:DEAD_LETTER_MAX_BYTES]
         return await self.dead_letter.send(key=msg.key, value=value, headers=headers)
 
-    async def _spend_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+    async def _spend_batch(self, stream: Stream, events: Sequence[EventT]) -> Finish:
         now_ms = int(time.time() * 1000)
         pending: list[Awaitable[Any]] = []
+        spend: list[tuple[Any, ...]] = []
         for event in events:
             for msg in records_of(event):
                 source = f"{msg.topic}:{msg.partition}:{msg.offset}"
@@ -538,22 +596,33 @@ class Pipeline:
                 except InvalidEvent as exc:
                     pending.append(await self._dead_letter(msg, exc, source))
                     continue
-                self.spend_sink.add("spend", (*row.values(), now_ms))
+                spend.append((*row.values(), now_ms))
                 self.metrics.spend.labels(self.metrics.channel(row["channel"]), row["currency"]).inc(
                     float(row["amount"])
                 )
-        await self.spend_sink.flush(batch_token("spend", events))
-        await asyncio.gather(*pending)
+        # Added and taken with no await in between: this batch's rows only (the
+        # batch before may be handled again meanwhile, see _run_batches).
+        self.spend_sink.extend("spend", spend)
+        rows, token = self.spend_sink.take(), batch_token("spend", events)
 
-    async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> None:
+        async def finish() -> None:
+            await self.spend_sink.write_taken(rows, token)
+            await asyncio.gather(*pending)
+
+        return finish
+
+    async def _journey_batch(self, stream: Stream, events: Sequence[EventT]) -> Finish:
         loads = orjson.loads
         decoded = [(event, record, loads(record.value or b"{}"))
                    for event in events for record in records_of(event)]
-        await self._apply_journeys(decoded, self.journey_sink, batch_token("journey", events))
+        return await self._apply_journeys(decoded, self.journey_sink, batch_token("journey", events))
 
     async def _apply_journeys(self, batch: Sequence[tuple[EventT, Any, NormalizedEvent]],
-                              sink: ClickHouseSink, token: str) -> None:
-        """Apply a batch of events to the users' journeys; write its rows; await its changelog.
+                              sink: ClickHouseSink, token: str) -> Finish:
+        """Apply a batch of events to the users' journeys and produce their changelog records.
+
+        Returns what finishes the batch: its rows written, its changelog
+        records acknowledged by the broker.
 
         ``batch`` holds (envelope event, record, normalized event) triples:
         the envelope routes the table to the record's partition.
@@ -621,12 +690,17 @@ class Pipeline:
             self.journeys[key] = state
         changelog = self.journeys.take_changelog()  # no await since the writes: ours only
         sink.extend("stage_counts", list(windows.rows()))
+        rows = sink.take()  # no await since this batch's rows were added: its own only
         delivered = await self.journeys.produce_changelog(changelog)
-        await sink.flush(token)
-        await asyncio.gather(*delivered)
         self.processed += len(decoded)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][2]["ts"])
+
+        async def finish() -> None:
+            await sink.write_taken(rows, token)
+            await asyncio.gather(*delivered)
+
+        return finish
 
     def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:

@@ -1109,11 +1109,11 @@ def stage_core(ctx: Context) -> None:
         for i in range(0, len(source), size):
             batch = envelopes(source[i:i + size])
             began = time.perf_counter()
-            await pipeline._ingest_batch(stream, batch)  # type: ignore[arg-type]
+            await (await pipeline._ingest_batch(stream, batch))()  # type: ignore[arg-type]
             seconds["ingest"] += time.perf_counter() - began
             batch, normalized.sent = envelopes(normalized.sent), []
             began = time.perf_counter()
-            await pipeline._journey_batch(stream, batch)  # type: ignore[arg-type]
+            await (await pipeline._journey_batch(stream, batch))()  # type: ignore[arg-type]
             seconds["journey"] += time.perf_counter() - began
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,8 +41,11 @@ DONE: list[str] = []  # events marked done, in order
 
 
 def _pipeline() -> Any:
-    return SimpleNamespace(settings=SimpleNamespace(batch_max_events=10, batch_max_seconds=0.1),
-                           metrics=FunnelMetrics(CollectorRegistry()))
+    pipeline = SimpleNamespace(settings=SimpleNamespace(batch_max_events=10, batch_max_seconds=0.1),
+                               metrics=FunnelMetrics(CollectorRegistry()))
+    pipeline._attempt = MethodType(Pipeline._attempt, pipeline)
+    pipeline._finish = MethodType(Pipeline._finish, pipeline)
+    return pipeline
 
 
 def run(pipeline: Any, stream: FakeStream, handle: Any) -> None:
@@ -55,24 +58,52 @@ def test_a_refused_batch_is_handled_again_then_acknowledged(monkeypatch: pytest.
     calls: list[list[str]] = []
     failures = [UnknownError(), KafkaTimeoutError()]
 
-    async def handle(_: Any, events: list[str]) -> None:
+    async def handle(_: Any, events: list[str]) -> Any:
         calls.append(list(events))
-        assert stream.acked == [] or events == ["c"]  # nothing acknowledged before the work is done
-        if failures:
-            raise failures.pop(0)
+
+        async def finish() -> None:
+            assert not set(events) & set(stream.acked)  # nothing acknowledged before its writes
+            if events == ["a", "b"] and failures:
+                raise failures.pop(0)  # the broker refused a produced message
+
+        return finish
 
     run(pipeline, stream, handle)
-    assert calls == [["a", "b"], ["a", "b"], ["a", "b"], ["c"]]
-    assert stream.acked == DONE == ["a", "b", "c"]
+    assert sorted(calls) == [["a", "b"], ["a", "b"], ["a", "b"], ["c"]]  # handled again twice
+    assert stream.acked == DONE == ["a", "b", "c"]  # in order
     assert pipeline.metrics.registry.get_sample_value(
         "funnel_produce_retries_total", {"agent": "ingest"}) == 2
+
+
+def test_a_batch_is_written_while_the_next_one_is_handled() -> None:
+    pipeline, stream = _pipeline(), FakeStream([["a"], ["b"], ["c"]])
+    log: list[str] = []
+
+    async def handle(_: Any, events: list[str]) -> Any:
+        log.append(f"handle {events[0]}")
+
+        async def finish() -> None:
+            log.append(f"write {events[0]}")
+            await asyncio.sleep(0.01)
+            log.append(f"written {events[0]}")
+
+        return finish
+
+    run(pipeline, stream, handle)
+    assert log.index("handle b") < log.index("written a")  # overlapped
+    assert log.index("written a") < log.index("write b")  # one write at a time, in order
+    assert log.index("written b") < log.index("write c")
+    assert stream.acked == ["a", "b", "c"]
 
 
 def test_a_stopped_sink_leaves_the_batch_unacknowledged() -> None:
     pipeline, stream = _pipeline(), FakeStream([["a"], ["b"]])
 
-    async def handle(_: Any, events: list[str]) -> None:
-        raise SinkStopped("stopping")
+    async def handle(_: Any, events: list[str]) -> Any:
+        async def finish() -> None:
+            raise SinkStopped("stopping")
+
+        return finish
 
     run(pipeline, stream, handle)
     assert stream.acked == DONE == []
@@ -81,8 +112,11 @@ def test_a_stopped_sink_leaves_the_batch_unacknowledged() -> None:
 def test_other_errors_are_not_swallowed() -> None:
     pipeline, stream = _pipeline(), FakeStream([["a"]])
 
-    async def handle(_: Any, events: list[str]) -> None:
-        raise ValueError("a bug")
+    async def handle(_: Any, events: list[str]) -> Any:
+        async def finish() -> None:
+            raise ValueError("a bug")
+
+        return finish
 
     with pytest.raises(ValueError, match="a bug"):
         run(pipeline, stream, handle)
