@@ -154,3 +154,37 @@ def test_run_blocking_runs_on_the_sink_thread(make_sink) -> None:
     sink = make_sink()
     name = asyncio.run(sink.run_blocking(lambda: threading.current_thread().name))
     assert name.startswith("sink-fake")
+
+
+def test_taken_rows_are_written_apart_from_rows_added_after(make_sink, metrics: FunnelMetrics) -> None:
+    """A caller prepares its next batch while the taken one is written."""
+    sink = make_sink()
+    fill(sink)
+    taken = sink.take()
+    sink.add("events", ("next",))  # the next batch, added meanwhile
+    assert sink.pending == 5  # 4 taken and not written yet, 1 buffered
+    assert sample(metrics, "funnel_sink_pending_rows") == 4  # the gauge learns of rows when taken
+    asyncio.run(sink.write_taken(taken, "t1"))
+    assert sink.written == {"events": [("e1",), ("e2",)], "stage_entries": [("s1",), ("s2",)]}
+    assert taken == {}
+    assert sink.pending == 1 and sample(metrics, "funnel_sink_pending_rows") == 0
+    asyncio.run(sink.flush("t2"))
+    assert sink.written["events"][-1] == ("next",)
+    assert sink.pending == 0 and sample(metrics, "funnel_sink_pending_rows") == 0
+
+
+def test_a_stopped_write_of_taken_rows_keeps_the_unwritten_tables(make_sink) -> None:
+    sink = make_sink(failures=FOREVER, backoff_initial=0.01)
+    fill(sink)
+    taken = sink.take()
+
+    async def stop_soon() -> None:
+        await asyncio.sleep(0.05)
+        sink.stop()
+
+    async def both() -> None:
+        await asyncio.gather(sink.write_taken(taken, "t"), stop_soon())
+
+    with pytest.raises(SinkStopped):
+        asyncio.run(both())
+    assert sum(len(rows) for rows in taken.values()) == 4 and sink.pending == 4
