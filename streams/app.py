@@ -360,12 +360,9 @@ class Pipeline:
             autodiscover=False,
         )
         raw = RawSchema()
-        # The agents' topics deliver envelopes (streams.envelopes): a short
-        # queue of them keeps what waits for an agent bounded.
-        self.source = app.topic(*self.names.events.values(), schema=raw, maxsize=ENVELOPE_QUEUE)
+        self.source = app.topic(*self.names.events.values(), schema=raw)
         self.dead_letter = app.topic(self.names.dead_letter, schema=raw)
-        self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw,
-                                    maxsize=ENVELOPE_QUEUE)
+        self.normalized = app.topic(self.names.normalized, partitions=s.topic_partitions, schema=raw)
         # key_type=bytes: the table's store and its changelog recovery decode
         # keys with the serializer of key_type (json by default), not the schema's.
         self.journeys = cast(JourneyTable, app.tables.add(JourneyTable(
@@ -385,7 +382,13 @@ class Pipeline:
         app.producer.buffer.max_messages = max(100, 2 * s.batch_max_events)
         app.agent(self.source, name="ingest")(self._ingest_agent)
         app.agent(self.normalized, name="journey")(self._journey_agent)
-        self.spend_topic = app.topic(self.names.spend, schema=raw, maxsize=ENVELOPE_QUEUE)
+        self.spend_topic = app.topic(self.names.spend, schema=raw)
+        # The agents' topics deliver envelopes (streams.envelopes): a short
+        # queue of them keeps what waits for an agent bounded (Faust's default
+        # of 4 096 would be millions of records). Set on the topics, as
+        # faust-streaming 0.15.3's App.topic drops its maxsize argument.
+        for topic in (self.source, self.normalized, self.spend_topic):
+            topic.maxsize = ENVELOPE_QUEUE
         app.agent(self.spend_topic, name="spend")(self._spend_agent)
         app.timer(s.status_interval_seconds)(self._status)
         app.on_rebalance_complete.connect(self._reschedule)

@@ -316,3 +316,10 @@ def test_changelog_records_are_faust_s_bytes_produced_in_batches_per_partition(
         (name, 1, [b"u1", b"u3"]), (name, 1, [b"u4"]), (name, 2, [b"u2"])]
     # Each partition's persisted offset: the first offset of its last batch.
     assert persisted == {TP(name, 1): 2, TP(name, 2): 0}
+
+
+def test_the_agents_queues_hold_a_few_envelopes(make_pipeline: Any) -> None:
+    """Faust's default queue (4 096 messages) would be millions of records as envelopes."""
+    pipeline = make_pipeline(direct=True)
+    for agent in pipeline.app.agents.values():
+        assert agent.channel.clone().queue.maxsize == app_module.ENVELOPE_QUEUE == 64
