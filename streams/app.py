@@ -75,6 +75,10 @@ PRODUCE_RETRY_MAX_SECONDS = 30.0
 #: How often a running worker checks that its topics still exist.
 TOPIC_CHECK_SECONDS = 10.0
 
+#: How long nothing may be processed while the consumer lags before the status timer says where
+#: each partition stands.
+STALL_WARN_SECONDS = 30.0
+
 #: Envelopes an agent's topic queue holds (each up to ENVELOPE_MAX_RECORDS records).
 ENVELOPE_QUEUE = 64
 
@@ -335,6 +339,7 @@ class Pipeline:
         self.last_event_ms: int | None = None  # newest event time processed
         self._next_topic_check = time.monotonic() + TOPIC_CHECK_SECONDS
         self._changelog_lost = False  # the broker lost the journey changelog: rewrite it
+        self._stalled_since: float | None = None  # since when nothing is processed with a lag
         self.app = self._build_app()
 
     # -- wiring ---------------------------------------------------------------
@@ -857,9 +862,21 @@ class Pipeline:
         lag = web.consumer_lag(self)
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",
                  rate, "unknown" if lag is None else lag, pending)
-        if not processed and lag and not self.app.rebalancing:
+        self._watch_stall(processed, lag)
+
+    def _watch_stall(self, processed: int, lag: int | None) -> None:
+        """Say once, after STALL_WARN_SECONDS of it, that nothing is processed while the consumer lags."""
+        if processed or not lag or self.app.rebalancing:
+            self._stalled_since = None
+            return
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= STALL_WARN_SECONDS:  # once per stall
+            self._stalled_since = float("inf")
             consumer = cast(RewindingConsumer, self.app.consumer)
-            log.warning("status: nothing processed with %d messages behind: %s", lag, consumer.describe())
+            log.warning("status: nothing processed for %.0f s with %d messages behind (a sink down, "
+                        "or a stuck partition): %s", STALL_WARN_SECONDS, lag, consumer.describe())
 
     async def _metrics_page(self, web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type.

@@ -323,3 +323,21 @@ def test_the_agents_queues_hold_a_few_envelopes(make_pipeline: Any) -> None:
     pipeline = make_pipeline(direct=True)
     for agent in pipeline.app.agents.values():
         assert agent.channel.clone().queue.maxsize == app_module.ENVELOPE_QUEUE == 64
+
+
+def test_a_stall_is_told_once_with_where_each_partition_stands(
+        make_pipeline: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    pipeline = make_pipeline(direct=True)
+    visit = TP(pipeline.names.events["visit"], 0)
+    monkeypatch.setattr(app_module, "STALL_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(pipeline.app.consumer, "assignment", lambda: {visit})
+    pipeline._watch_stall(0, 5)  # nothing processed, 5 behind: the stall starts
+    pipeline._watch_stall(0, 5)
+    pipeline._watch_stall(0, 5)
+    told = [r.getMessage() for r in caplog.records if "nothing processed" in r.getMessage()]
+    assert len(told) == 1 and "t.visit[0]" in told[0] and "5 messages behind" in told[0]
+    pipeline._watch_stall(10, 5)  # it moves again: a later stall is told again
+    pipeline._watch_stall(0, 5)
+    pipeline._watch_stall(0, 5)
+    pipeline._watch_stall(0, 0)  # no lag: nothing to say
+    assert len([r for r in caplog.records if "nothing processed" in r.getMessage()]) == 2
