@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from time import monotonic
 from typing import Any, cast
 
@@ -45,8 +45,12 @@ from faust.streams import Stream
 from faust.types import TP, EventT
 from faust.types.tuples import ConsumerMessage
 from mode.utils.futures import notify
+from mode.utils.queues import ThrowableQueue
 
-__all__ = ["ENVELOPE_MAX_RECORDS", "Envelope", "EnvelopeLog", "mark_done", "records_of", "take_envelopes"]
+__all__ = [
+    "ENVELOPE_MAX_RECORDS", "Envelope", "EnvelopeLog", "EnvelopeQueue", "mark_done", "records_of",
+    "take_envelopes",
+]
 
 #: Most records one envelope carries: a partition's fetch beyond it is split.
 ENVELOPE_MAX_RECORDS = 2000
@@ -72,6 +76,8 @@ class Envelope(ConsumerMessage):
         self.first_offset: int = records[0].offset
         #: Set when the agent acknowledged it: everything it caused is written.
         self.done = False
+        #: Set when the agent's batch took it from its stream.
+        self.taken = False
         self.log: EnvelopeLog | None = None
 
     def __repr__(self) -> str:
@@ -116,6 +122,21 @@ class EnvelopeLog:
             self._waiting_since = None
         return None if last is None else last + 1
 
+    def drop_untaken(self) -> int | None:
+        """Forget the envelopes from the first one no agent has taken (nor finished) on.
+
+        Returns that envelope's first offset, where the partition must be
+        read again, or None if every envelope held was taken. Called when
+        Faust has cleared its stream queues: what was in them is gone.
+        """
+        fifo = self._fifo
+        for i, envelope in enumerate(fifo):
+            if not envelope.taken and not envelope.done:
+                while len(fifo) > i:
+                    fifo.pop()
+                return envelope.first_offset
+        return None
+
     def head_done(self) -> bool:
         return bool(self._fifo) and self._fifo[0].done
 
@@ -134,6 +155,26 @@ class EnvelopeLog:
 
     def __len__(self) -> int:
         return len(self._fifo)
+
+
+class EnvelopeQueue(ThrowableQueue):
+    """Faust's stream queue, telling ``on_clear`` when it is cleared.
+
+    Faust clears every stream queue whenever flow control resumes
+    (``FlowControlEvent.resume``), also at the end of table recovery, after
+    it sought the stream partitions: envelopes handed out in between are
+    dropped there, unacknowledged, and nothing reads them again (a crash test
+    stalled on such a partition, its commits waiting for ever). ``on_clear``
+    lets the consumer read them again.
+    """
+
+    def __init__(self, *args: Any, on_clear: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_clear = on_clear
+
+    def clear(self) -> None:
+        super().clear()
+        self._on_clear()
 
 
 def mark_done(event: EventT) -> None:
@@ -181,6 +222,8 @@ async def take_envelopes(stream: Stream, max_records: int, within: float) -> Asy
             event = stream.current_event
             if event is None:
                 raise RuntimeError("take_envelopes found current_event is None")
+            if isinstance(event.message, Envelope):
+                event.message.taken = True
             buffer.append(event)
             records += len(records_of(event))
             if records >= max_records:

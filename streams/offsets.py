@@ -50,7 +50,7 @@ from faust.types import TP, Message
 from mode.utils.futures import notify
 
 from streams.consumer import EagerConsumer
-from streams.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog
+from streams.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog, EnvelopeQueue
 
 __all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
 
@@ -158,6 +158,9 @@ class RewindingConsumer(EagerConsumer):
         # Stream partition -> the envelopes delivered since its last seek,
         # which decide its commits (streams.envelopes).
         self._envelopes: dict[TP, EnvelopeLog] = {}
+        # Stream partition -> the offset to seek back to before the next
+        # fetch: Faust's queues dropped what was handed out from there.
+        self._dropped: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -309,6 +312,8 @@ class RewindingConsumer(EagerConsumer):
         # still being handed out would have them move the read offset past
         # the records to read again, which the fetch loop would then drop.
         await self._rewind_pending()
+        if self._dropped:
+            await self._seek_dropped()
         return await super()._wait_next_records(timeout)
 
     async def _rewind_pending(self) -> None:
@@ -340,6 +345,31 @@ class RewindingConsumer(EagerConsumer):
         # in compacted changelogs.
         if self._is_changelog_tp(tp):
             await super()._add_gap(tp, offset_from, offset_to)
+
+    def reread_dropped(self) -> None:
+        """Read again, from the first one, the envelopes no agent took: Faust's queues dropped them.
+
+        Their partitions are sought back before the next fetch; envelopes
+        after them are forgotten too and read again (a few may be handled
+        twice, which the pipeline absorbs).
+        """
+        for tp, envelopes in self._envelopes.items():
+            first = envelopes.drop_untaken()
+            if first is None:
+                continue
+            log.warning("offsets from %d of %s[%d] were dropped by Faust's stream queue: reading them again",
+                        first, tp.topic, tp.partition)
+            self._next[tp] = first
+            self._dropped[tp] = first
+
+    async def _seek_dropped(self) -> None:
+        dropped, self._dropped = self._dropped, {}
+        for tp, first in dropped.items():
+            self._refetching[tp] = first
+            try:
+                await self._seek(tp, first)
+            except Exception as exc:  # no longer assigned here: a rebalance seeks anyway
+                log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, first, exc)
 
     def describe(self) -> str:
         """Where each stream partition stands (for a log line when nothing moves)."""
@@ -406,10 +436,12 @@ class RewindingConsumer(EagerConsumer):
         if tps is None:
             self._envelopes.clear()
             self._blocked.clear()
+            self._dropped.clear()
             return
         for tp in tps:
             self._envelopes.pop(tp, None)
             self._blocked.pop(tp, None)
+            self._dropped.pop(tp, None)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust's handler waits for the agents' acknowledgements and commits
@@ -460,3 +492,10 @@ class FunnelApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> Any:
+        # faust-streaming 0.15.3 builds every channel's queue here: ours tells
+        # the consumer when Faust clears it (see EnvelopeQueue).
+        consumer = self.consumer
+        return EnvelopeQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume,
+                             on_clear=lambda: cast(RewindingConsumer, consumer).reread_dropped())

@@ -15,7 +15,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from streams.envelopes import Envelope, EnvelopeLog, mark_done
+from streams.envelopes import Envelope, EnvelopeLog, EnvelopeQueue, mark_done
 from streams.offsets import RewindingConsumer
 
 VISIT = TP("funnel.visit", 0)
@@ -193,3 +193,54 @@ def test_other_messages_keep_faust_s_tracking(consumer: RewindingConsumer,
     message = ConsumerMessage(VISIT.topic, VISIT.partition, 4, 0.0, 0, None, None, b"{}", None, tp=VISIT)
     assert consumer.ack(message)
     assert consumer._acked[VISIT] == [4]
+
+
+def test_the_envelopes_no_agent_took_are_forgotten_from_the_first_one() -> None:
+    log = EnvelopeLog()
+    a, b, c, d = (envelope(VISIT, range(i * 10, i * 10 + 10)) for i in range(4))
+    for e in (a, b, c, d):
+        log.deliver(e)
+    a.taken = a.done = True
+    b.taken = True  # in an agent's batch, being written
+    d.taken = True  # behind c, which Faust's queue dropped: read again with it
+    assert log.drop_untaken() == 20
+    assert list(log._fifo) == [a, b]
+    assert log.drop_untaken() is None  # nothing left to drop
+
+
+def test_envelopes_faust_s_queues_dropped_are_read_again(consumer: RewindingConsumer,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Faust clears its stream queues when flow control resumes, also after it sought the partitions
+    at the end of recovery: what was handed out in between was lost, and its commits waited for ever."""
+    a, b, c = deliver(consumer, VISIT, range(0, 10), range(10, 20), range(20, 30))
+    a.taken = b.taken = True
+    consumer._next[VISIT] = 30
+    consumer.reread_dropped()
+    assert consumer._next[VISIT] == 20 and consumer._dropped == {VISIT: 20}
+    assert "offsets from 20 of funnel.visit[0] were dropped by Faust's stream queue" in caplog.text
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    consumer._seek = seek  # type: ignore[method-assign]
+    consumer.loop.run_until_complete(consumer._seek_dropped())  # before the next fetch
+    assert seeks == [(VISIT, 20)] and not consumer._dropped
+    finish(consumer, a)
+    finish(consumer, b)
+    finish(consumer, c)  # stale: forgotten
+    assert commit(consumer) == [{VISIT: 20}]
+
+
+def test_the_agents_queues_tell_the_consumer_when_faust_clears_them(
+        consumer: RewindingConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
+    told: list[bool] = []
+    monkeypatch.setattr(consumer, "reread_dropped", lambda: told.append(True))
+
+    async def resume() -> None:
+        queue = consumer.app.FlowControlQueue(maxsize=4, clear_on_resume=True)
+        assert isinstance(queue, EnvelopeQueue)
+        consumer.app.flow_control.resume()  # what Faust's recovery does at its end
+
+    consumer.loop.run_until_complete(resume())
+    assert told
