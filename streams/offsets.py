@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 #: How long end offsets wait for a fetch to tell a partition's high watermark.
 READ_END_TIMEOUT_SECONDS = 10.0
 
+#: How often partitions are checked for being behind with nothing handed out (_reread_idle).
+IDLE_CHECK_SECONDS = 5.0
+#: How long a partition may be behind with nothing handed out before it is read again.
+REREAD_IDLE_SECONDS = 20.0
+
 #: Longest a fetch waits at the broker for records (Faust's own is 1 500 ms; see _ConsumerThread).
 FETCH_MAX_WAIT_MS = 100
 
@@ -161,6 +166,10 @@ class RewindingConsumer(EagerConsumer):
         # Stream partition -> the offset to seek back to before the next
         # fetch: Faust's queues dropped what was handed out from there.
         self._dropped: dict[TP, int] = {}
+        # Stream partition -> since when it is behind with nothing in flight
+        # (see _reread_idle), and when to look next.
+        self._idle_since: dict[TP, float] = {}
+        self._next_idle_check = 0.0
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -262,6 +271,7 @@ class RewindingConsumer(EagerConsumer):
             envelopes = self._envelopes.get(tp)
             if envelopes is None:
                 envelopes = self._envelopes[tp] = EnvelopeLog()
+            self._idle_since.pop(tp, None)
             for i in range(0, len(taken), ENVELOPE_MAX_RECORDS):
                 envelope = Envelope(tp, taken[i:i + ENVELOPE_MAX_RECORDS], generation)
                 envelopes.deliver(envelope)
@@ -314,7 +324,43 @@ class RewindingConsumer(EagerConsumer):
         await self._rewind_pending()
         if self._dropped:
             await self._seek_dropped()
+        if monotonic() >= self._next_idle_check:
+            await self._reread_idle()
         return await super()._wait_next_records(timeout)
+
+    async def _reread_idle(self) -> None:
+        """Read again a stream partition that is behind but has handed nothing out for a while.
+
+        A safety net under the rules above: records the fetcher took past
+        the next offset expected, then dropped without a seek following (a
+        crash test once stalled so: nothing in flight, the next offset far
+        below the partition's end, no new records to reveal the gap), would
+        otherwise never be read. Reading again is harmless: the pipeline is
+        idempotent.
+        """
+        now = monotonic()
+        self._next_idle_check = now + IDLE_CHECK_SECONDS
+        if self.app.rebalancing or not self.flow_active or not self.app.flow_control.is_active():
+            self._idle_since.clear()
+            return
+        for tp in self.assignment():
+            want = self._next.get(tp)
+            high = self.highwater(tp) if want is not None and not self._is_changelog_tp(tp) else None
+            envelopes = self._envelopes.get(tp)
+            if high is None or want is None or want >= high or (envelopes is not None and len(envelopes)):
+                self._idle_since.pop(tp, None)
+                continue
+            since = self._idle_since.setdefault(tp, now)
+            if now - since < REREAD_IDLE_SECONDS:
+                continue
+            del self._idle_since[tp]
+            log.warning("%s[%d] has handed nothing out for %.0f s at offset %d of %d: reading it again "
+                        "from there", tp.topic, tp.partition, now - since, want, high)
+            self._refetching[tp] = want
+            try:
+                await self._seek(tp, want)
+            except Exception as exc:  # no longer assigned here: a rebalance seeks anyway
+                log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, want, exc)
 
     async def _rewind_pending(self) -> None:
         if not self._rewound:  # the usual case: once per fetch, keep it cheap
@@ -437,11 +483,13 @@ class RewindingConsumer(EagerConsumer):
             self._envelopes.clear()
             self._blocked.clear()
             self._dropped.clear()
+            self._idle_since.clear()
             return
         for tp in tps:
             self._envelopes.pop(tp, None)
             self._blocked.pop(tp, None)
             self._dropped.pop(tp, None)
+            self._idle_since.pop(tp, None)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         # Faust's handler waits for the agents' acknowledgements and commits

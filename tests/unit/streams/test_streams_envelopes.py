@@ -244,3 +244,33 @@ def test_the_agents_queues_tell_the_consumer_when_faust_clears_them(
 
     consumer.loop.run_until_complete(resume())
     assert told
+
+
+def test_a_partition_behind_with_nothing_handed_out_is_read_again(
+        consumer: RewindingConsumer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A safety net: records dropped without a seek following would never be read otherwise."""
+    from streams import offsets
+
+    monkeypatch.setattr(offsets, "REREAD_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(consumer, "highwater", lambda tp: {VISIT: 1840, SIGNUP: 50}[tp])
+    consumer.flow_active = True
+    consumer.app.flow_control.resume()
+    consumer._next.update({VISIT: 208, SIGNUP: 50})  # SIGNUP is at its end
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    consumer._seek = seek  # type: ignore[method-assign]
+    deliver(consumer, VISIT, range(208, 300))  # in flight: not idle
+    consumer.loop.run_until_complete(consumer._reread_idle())
+    assert seeks == []
+    consumer._forget_envelopes({VISIT})  # nothing in flight, still behind
+    monkeypatch.setattr(offsets, "REREAD_IDLE_SECONDS", 3600.0)
+    consumer.loop.run_until_complete(consumer._reread_idle())  # starts the clock
+    assert seeks == []
+    monkeypatch.setattr(offsets, "REREAD_IDLE_SECONDS", 0.0)
+    consumer.loop.run_until_complete(consumer._reread_idle())
+    assert seeks == [(VISIT, 208)] and consumer._refetching[VISIT] == 208
+    assert "funnel.visit[0] has handed nothing out" in caplog.text
