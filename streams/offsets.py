@@ -170,6 +170,8 @@ class RewindingConsumer(EagerConsumer):
         # (see _reread_idle), and when to look next.
         self._idle_since: dict[TP, float] = {}
         self._next_idle_check = 0.0
+        # What getmany awaits right now (for the stall log).
+        self._waiting = ""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -241,15 +243,20 @@ class RewindingConsumer(EagerConsumer):
         fetch are dropped); a hole that is still there when read again is
         committed past, so a truncated topic cannot loop.
         """
+        self._waiting = "fetch"
         records, active = await self._wait_next_records(timeout)
+        self._waiting = ""
         if records is None or self.should_stop:
             return
         app = self.app
         if not self.flow_active:  # Faust's: a rebalance or recovery stopped the flow
             try:
+                self._waiting = "seek to committed (flow stopped)"
                 await self.perform_seek()
             except Exception as exc:
                 log.warning("could not seek to the committed offsets while flow is stopped: %s", exc)
+            finally:
+                self._waiting = ""
             return
         generation = app.consumer_generation_id
         changelogs = app.tables.changelog_topics
@@ -287,7 +294,9 @@ class RewindingConsumer(EagerConsumer):
         """
         flow = self.app.flow_control
         if not flow.is_active():
+            self._waiting = f"flow control for {tp.topic}[{tp.partition}]"
             await flow.acquire()  # a seek may come meanwhile: check offsets after
+            self._waiting = ""
             if self.app.consumer_generation_id != generation:
                 return []
         expected, refetching = self._next, self._refetching
@@ -299,7 +308,9 @@ class RewindingConsumer(EagerConsumer):
                 if offset < want:
                     continue  # handed out already
                 if refetching.get(tp) != want:
+                    self._waiting = f"seek back of {tp.topic}[{tp.partition}]"
                     await self._refetch(tp, want, offset)
+                    self._waiting = ""
                     break  # its later records in this fetch are read again too
                 self._commit_past(tp, want, offset - 1)
             if refetching:
@@ -431,7 +442,8 @@ class RewindingConsumer(EagerConsumer):
                          f"committed={self._committed_offset.get(tp)} "
                          f"envelopes={envelopes._fifo if envelopes is not None else None}")
         flow = self.app.flow_control.is_active()
-        return f"flow={'on' if flow else 'off'} consumer_flow={self.flow_active}; " + "; ".join(parts)
+        return (f"flow={'on' if flow else 'off'} consumer_flow={self.flow_active} "
+                f"fetch loop waits for: {self._waiting or 'nothing (handing out)'}; " + "; ".join(parts))
 
     def _commit_past(self, tp: TP, first: int, last: int) -> None:
         # The next envelope starts after the hole: committing it passes the hole.
