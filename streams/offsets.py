@@ -33,6 +33,15 @@ a restarted worker lost messages that way. :meth:`RewindingConsumer.getmany`
 hands a stream partition's messages out only while flow control is on, and
 only in order from the next offset it expects; after a jump the partition is
 read again from there.
+
+On the agents' topics those messages are envelopes (:mod:`streams.envelopes`):
+one per partition and fetch, committed by the partition's ``EnvelopeLog``
+instead of Faust's acknowledged offsets. Envelopes that Faust's stream
+queues drop when flow control resumes are read again
+(:meth:`RewindingConsumer.reread_dropped`), and so is a partition that is
+behind with nothing handed out for a while (``_reread_idle``). Fetches wait
+at most ``FETCH_MAX_WAIT_MS`` at the broker. Everything here adapts
+faust-streaming 0.15.3 internals (pinned in pyproject.toml).
 """
 
 from __future__ import annotations
