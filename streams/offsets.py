@@ -298,7 +298,7 @@ class RewindingConsumer(EagerConsumer):
     async def _in_order(self, tp: TP, fetched: Sequence[Any], generation: int) -> list[Any]:
         """The records of ``fetched`` to hand out: those from the next offset expected on, in order.
 
-        None if the consumer generation changed while waiting for flow
+        Empty if the consumer generation changed while waiting for flow
         control (a rebalance: its seek reads them again).
         """
         flow = self.app.flow_control
