@@ -34,7 +34,6 @@ from uuid import UUID
 import faust
 import orjson
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from clickhouse_connect.driver.client import Client
 from faust import Stream
 from faust.streams import _current_event
@@ -62,7 +61,7 @@ from streams.offsets import FunnelApp, RewindingConsumer
 from streams.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.settings import Settings, split_brokers
 from streams.sqlguard import UnsafeQuery, check_read_only
-from streams.topics import TopicNames, ensure_topics
+from streams.topics import TopicNames, ensure_topics, partition_of
 from streams.windows import Watermarks, WindowAggregator
 
 __all__ = ["Pipeline", "batch_token"]
@@ -344,7 +343,6 @@ class Pipeline:
         self.reader = reader
         self.database = database
         self.processed = 0
-        self._partitioner = DefaultPartitioner()  # the producer's: finds a key's partition
         self._partitions = list(range(settings.topic_partitions))
         # Source partitions whose events keyed by their user id go straight
         # to the journeys (set at each rebalance, see _direct_partitions).
@@ -517,8 +515,13 @@ class Pipeline:
         pending: list[Awaitable[Any]] = []
         onward: list[ChangelogRecord] = []  # (partition of normalized, key, value)
         direct: list[tuple[EventT, Any, NormalizedEvent]] = []
-        direct_tps, partitioner, partitions = self._direct, self._partitioner, self._partitions
+        direct_tps, count = self._direct, len(self._partitions)
         m, tally = self.metrics, Tally()
+        funnels, routes = self.funnels, self.routes
+
+        def route_of(funnel: str | None, event_type: str) -> list[FunnelDefinition]:
+            return route(cast(NormalizedEvent, {"funnel": funnel, "event_type": event_type}), funnels, routes)
+
         for event in events:
             msg = event.message
             event_type = self.event_type_of[msg.topic]
@@ -528,18 +531,22 @@ class Pipeline:
             decoded = self.decoder.decode_batch([record.value for record in records], event_type,
                                                 now_ms, sources)
             here = bool(direct_tps) and msg.tp in direct_tps
+            named: dict[str | None, int] = {}  # the events' `funnel` field -> how many
             for record, norm, source in zip(records, decoded, sources, strict=True):
                 if isinstance(norm, InvalidEvent):
                     pending.append(await self._dead_letter(record, norm, source))
                     continue
-                for name in [f.name for f in self.targets(norm)] or ["none"]:
-                    tally.inc(m.child(m.events, name, event_type))
+                funnel = norm["funnel"]
+                named[funnel] = named.get(funnel, 0) + 1
                 user = norm["user_id"].encode()
-                partition = partitioner(user, partitions, partitions)
+                partition = partition_of(user, count)
                 if here and record.key == user and partition == msg.partition:
                     direct.append((event, record, norm))
                 else:
                     onward.append((partition, user, orjson.dumps(norm)))
+            for funnel, events_named in named.items():  # the funnels an event feeds depend on these two
+                for name in [f.name for f in route_of(funnel, event_type)] or ["none"]:
+                    tally.inc(m.child(m.events, name, event_type), events_named)
         delivered = await self._send_normalized(onward)
         journeys = None
         if direct:
@@ -656,7 +663,9 @@ class Pipeline:
         # Window memberships of this batch's entries and transitions, written
         # with its other rows (stage_counts): no topic and agent in between.
         windows = WindowAggregator(self.settings.window_seconds)
-        touched: set[tuple[bytes, str]] = set()
+        # (user, funnel) -> partition, for the users whose furthest stage or
+        # last progress changed (only a new stage entry changes them)
+        touched: dict[tuple[bytes, str], Any] = {}
         anchors: dict[Any, EventT] = {}  # partition -> an event of it (routes table access)
         # One user's events come from five topics, so ingest can pass them on
         # out of event-time order; applying each batch in event-time order
@@ -681,8 +690,9 @@ class Pipeline:
             late = self.watermarks.observe(tp, e["ts"])
             anchors[tp] = event
             for funnel in targets:
-                touched.add((key, funnel.name))
                 result = apply_event(state, e, funnel)
+                if result.entries:
+                    touched[key, funnel.name] = tp
                 if result.dropoffs:
                     sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
                 sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
@@ -748,12 +758,12 @@ class Pipeline:
                     if drop.first:
                         tally.inc(m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)))
 
-    def _track(self, touched: set[tuple[bytes, str]], dirty: dict[bytes, tuple[UserState, EventT]],
+    def _track(self, touched: dict[tuple[bytes, str], Any], dirty: dict[bytes, tuple[UserState, EventT]],
                anchors: dict[Any, EventT], now_ms: int) -> None:
         """Schedule the conversion window and update the stall counts of users who changed."""
-        for key, name in touched:
-            state, event = dirty[key]
-            self._follow(self._homes[event.message.partition], key, state, self.funnels[name], now_ms)
+        funnels, follow = self.funnels, self._follow
+        for (key, name), tp in touched.items():
+            follow(tp, key, dirty[key][0], funnels[name], now_ms)
 
     def _follow(self, tp: Any, key: bytes, state: UserState, funnel: FunnelDefinition, now_ms: int) -> None:
         place = furthest(state, funnel)
@@ -781,7 +791,7 @@ class Pipeline:
         now_ms = int(time.time() * 1000)
         users = 0
         for key, state in self.journeys.items():
-            tp = self._homes[self._partitioner(key, partitions, partitions)]
+            tp = self._homes[partition_of(key, len(partitions))]
             for name in state:
                 if name in self.funnels:
                     self._follow(tp, key, state, self.funnels[name], now_ms)
@@ -854,7 +864,7 @@ class Pipeline:
         partitions, table = self._partitions, self.journeys
         active = self._active_table_partitions()  # a standby's copy may be behind its active's
         for key, state in table.items():
-            partition = self._partitioner(key, partitions, partitions)
+            partition = partition_of(key, len(partitions))
             if partition in active:
                 table.send_changelog(partition, key, state)
         records = table.take_changelog()

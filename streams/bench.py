@@ -1050,7 +1050,6 @@ def stage_core(ctx: Context) -> None:
     Batches are what the agents would take (``FUNNEL_BATCH_MAX_EVENTS``); the
     sinks write to chDB and the metrics count as in the worker.
     """
-    from aiokafka.partitioner import DefaultPartitioner
     from faust.types import TP
     from prometheus_client import CollectorRegistry
 
@@ -1058,6 +1057,7 @@ def stage_core(ctx: Context) -> None:
     from streams.app import Pipeline
     from streams.envelopes import ENVELOPE_MAX_RECORDS
     from streams.settings import Settings, load_funnels
+    from streams.topics import partition_of
     from streams.worker import tune_gc
 
     settings = Settings(kafka_url="kafka://127.0.0.1:9",  # never connected to
@@ -1075,7 +1075,7 @@ def stage_core(ctx: Context) -> None:
 
     pipeline._send_normalized = send_normalized  # type: ignore[method-assign]
     pipeline.dead_letter = _Capture()  # type: ignore[assignment]
-    partitioner, partitions = DefaultPartitioner(), list(range(PARTITIONS))
+    partitions = list(range(PARTITIONS))
     if settings.direct_journeys:  # as a worker owning every partition would decide
         pipeline._direct = frozenset(TP(topic, p) for topic in pipeline.names.events.values()
                                      for p in partitions)
@@ -1086,7 +1086,7 @@ def stage_core(ctx: Context) -> None:
         """The envelopes a fetch of ``records`` (topic, key, value) would deliver."""
         parts: dict[Any, list[_Msg]] = {}
         for topic, key, value in records:
-            partition = partitioner(key, partitions, partitions) if key else 0
+            partition = partition_of(key, PARTITIONS) if key else 0
             tp = TP(topic, partition)
             offset = offsets[tp] = offsets.get(tp, -1) + 1
             parts.setdefault(tp, []).append(_Msg(topic, partition, offset, key, value, tp))
