@@ -672,35 +672,45 @@ class Pipeline:
         # repairs that whenever they meet in one batch (stable sort: ties keep
         # arrival order).
         decoded = sorted(batch, key=lambda triple: triple[2]["ts"])
-        homes = self._homes
+        homes, routes, journeys, observe = self._homes, self.routes, self.journeys, self.watermarks.observe
+        # This batch's rows, in order, handed to the sink after the loop.
+        events: list[tuple[Any, ...]] = []
+        entries: list[tuple[Any, ...]] = []
+        transitions: list[tuple[Any, ...]] = []
+        dropoffs: list[tuple[Any, ...]] = []
+        routed: EventT | None = None  # the event the table is routed by now
         for event, msg, e in decoded:
             tp = homes[msg.partition]
             key = msg.key or e["user_id"].encode()
-            targets = self.targets(e)
+            targets = self.targets(e) if e["funnel"] else routes.get(e["event_type"])
             if not targets:  # valid, but no configured funnel has this stage: kept
-                sink.add("events", event_row(e, "", "", ""))
+                events.append(event_row(e, "", "", ""))
                 continue
             cached = dirty.get(key)
             if cached is None:
                 # Faust's RocksDB store reads (and writes) the partition of the
                 # "current event": point it at this message before touching the table.
-                route_table_to(event)
-            state: UserState = cached[0] if cached else (self.journeys.get(key) or {})
+                if event is not routed:
+                    route_table_to(event)
+                    routed = event
+                state: UserState = journeys.get(key) or {}
+            else:
+                state = cached[0]
             dirty[key] = (state, event)
-            late = self.watermarks.observe(tp, e["ts"])
+            late = observe(tp, e["ts"])
             anchors[tp] = event
             for funnel in targets:
                 result = apply_event(state, e, funnel)
                 if result.entries:
                     touched[key, funnel.name] = tp
+                    for entry in result.entries:
+                        entries.append(entry_row(entry))
+                        windows.add_entry(entry)
                 if result.dropoffs:
-                    sink.extend("dropoffs", [dropoff_row(d) for d in result.dropoffs])
-                sink.add("events", event_row(e, funnel.name, result.channel, result.customer))
-                for entry in result.entries:
-                    sink.add("stage_entries", entry_row(entry))
-                    windows.add_entry(entry)
+                    dropoffs.extend([dropoff_row(d) for d in result.dropoffs])
+                events.append(event_row(e, funnel.name, result.channel, result.customer))
                 for tr in result.transitions:
-                    sink.add("transitions", transition_row(tr))
+                    transitions.append(transition_row(tr))
                     windows.add_transition(tr)
                 if result.duplicate:
                     tally.inc(m.child(m.duplicate_events, funnel.name))
@@ -709,6 +719,9 @@ class Pipeline:
                 if late:
                     tally.inc(m.child(m.late_events, funnel.name))
                 self._count(tally, funnel.name, e, result)
+        for table, rows_of in (("dropoffs", dropoffs), ("events", events), ("stage_entries", entries),
+                               ("transitions", transitions)):
+            sink.extend(table, rows_of)
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
         self._track(touched, dirty, anchors, int(now * 1000))
@@ -718,9 +731,12 @@ class Pipeline:
         tally.apply()
         # One table write (and changelog record) per user per batch. Faust
         # routes it by the "current event", so point it at that user's event.
+        routed = None
         for key, (state, event) in dirty.items():
-            route_table_to(event)
-            self.journeys[key] = state
+            if event is not routed:
+                route_table_to(event)
+                routed = event
+            journeys[key] = state
         changelog = self.journeys.take_changelog()  # no await since the writes: ours only
         sink.extend("stage_counts", list(windows.rows()))
         rows = sink.take()  # no await since this batch's rows were added: its own only

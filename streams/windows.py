@@ -74,9 +74,19 @@ class WindowAggregator:
             self._rows[key] = row
         return row
 
-    def add_entry(self, x: StageEntry) -> Membership:
-        """The window membership of a stage entry (always version 1, never deleted)."""
-        return self.add(x.ts, x.funnel, ENTRY, "", x.stage, x.channel, x.user_id)
+    def add_entry(self, x: StageEntry) -> None:
+        """The window membership of a stage entry (always version 1, never deleted).
+
+        What ``add`` keeps for it, as a plain tuple (equal to the
+        :class:`Membership`; a named tuple's constructor costs more than the
+        rest of this, once per stage entry).
+        """
+        key = (x.funnel, ENTRY, x.stage, x.user_id)
+        current = self._rows.get(key)
+        if current is None or current[8] <= 1:
+            size, ts = self.size, x.ts // 1000
+            self._rows[key] = (ts - ts % size, size, x.funnel, ENTRY, "", x.stage, x.channel,  # type: ignore[assignment]
+                               x.user_id, 1, 0)
 
     def add_transition(self, x: Transition) -> Membership:
         """The window membership of a transition, a correction or a tombstone (``deleted``)."""
@@ -84,14 +94,15 @@ class WindowAggregator:
                         x.version, x.deleted)
 
     def rows(self) -> Iterator[Membership]:
+        """The memberships kept (some as plain tuples of a Membership's fields, equal to it)."""
         return iter(self._rows.values())
 
     def counts(self) -> dict[tuple[int, str, str, str, str, str], int]:
         """Members per (window_start, funnel, kind, from_stage, stage, channel) in this batch."""
         out: dict[tuple[int, str, str, str, str, str], int] = {}
         for r in self._rows.values():
-            if not r.is_deleted:
-                k = (r.window_start, r.funnel, r.kind, r.from_stage, r.stage, r.channel)
+            if not r[9]:  # is_deleted (r may be a plain tuple, see add_entry)
+                k = (r[0], r[2], r[3], r[4], r[5], r[6])
                 out[k] = out.get(k, 0) + 1
         return out
 
