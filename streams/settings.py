@@ -85,8 +85,10 @@ class Settings(BaseSettings):
         "is whole envelopes, so it may pass this by one envelope's records."
     )
     batch_max_seconds: float = Field(
-        0.25, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch (each "
-        "agent's batch is one insert per ClickHouse table: raise it to insert less often)."
+        0.1, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch, so how far "
+        "/metrics lags (p99 0.8 s at 10 000 events/s). Each agent's batch is one insert per "
+        "ClickHouse table: a quiet stream gets up to 1/this inserts per second per table; raise it "
+        "to insert less often."
     )
     direct_journeys: bool = Field(
         True, description="FUNNEL_DIRECT_JOURNEYS: apply events keyed by their user id, in the "
