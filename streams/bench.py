@@ -1036,6 +1036,11 @@ class _Table(dict[bytes, Any]):
         faust_json.dumps(value)
         super().__setitem__(key, value)
 
+    routes_by_event = False  # as Faust's memory store
+
+    def put(self, key: bytes, value: Any, event: Any) -> None:
+        self[key] = value
+
     def take_changelog(self) -> list[Any]:
         """No broker here: nothing to produce or wait for."""
         return []

@@ -17,7 +17,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from streams import app as app_module
-from streams.app import Pipeline
+from streams.app import Pipeline, route_table_to
 from streams.settings import Settings, load_funnels
 
 PARTITIONS = 4
@@ -57,6 +57,13 @@ class Table(dict[bytes, Any]):
         assert event is not None, "a table write outside of any event"
         self.routed[key] = event.message.partition
         super().__setitem__(key, value)
+
+    routes_by_event = True  # as the RocksDB store: the writer must route every write
+
+    def put(self, key: bytes, value: Any, event: Any) -> None:
+        """JourneyTable.put: the table routed to ``event``'s partition by the caller."""
+        self[key] = value
+        assert self.routed[key] == event.message.partition
 
     def take_changelog(self) -> list[Any]:
         return []
@@ -341,3 +348,20 @@ def test_a_stall_is_told_once_with_where_each_partition_stands(
     pipeline._watch_stall(0, 5)
     pipeline._watch_stall(0, 0)  # no lag: nothing to say
     assert len([r for r in caplog.records if "nothing processed" in r.getMessage()]) == 2
+
+
+def test_put_writes_what_a_table_assignment_writes(journeys: Any) -> None:
+    """JourneyTable.put (the agents' write) against Faust's ``table[key] = value``, same event."""
+    assert journeys.routes_by_event is False  # Faust's memory store: one dict for every partition
+    writes = [(1, b"u1", {"f": {"s": [1]}}), (2, b"u2", {"f": {}}), (1, b"u3", {})]
+    events = {partition: Event(SimpleNamespace(topic="t.normalized", partition=partition), [])
+              for partition, _, _ in writes}
+    for partition, key, value in writes:
+        route_table_to(events[partition])
+        journeys[key] = value
+    assigned = (journeys.take_changelog(), dict(journeys.data.items()))
+    journeys.data.clear()
+    for partition, key, value in writes:
+        journeys.put(key, value, events[partition])
+    assert (journeys.take_changelog(), dict(journeys.data.items())) == assigned
+    assert [partition for partition, _, _ in assigned[0]] == [1, 2, 1]
