@@ -45,6 +45,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schemas import Decoder, FunnelDefinition, FunnelsConfig, InvalidEvent, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, SinkStopped, Tally
 from streams import web
+from streams.collector import BatchCollector
 from streams.consumer import RawSchema
 from streams.envelopes import mark_done, records_of, take_envelopes
 from streams.journey import (
@@ -368,6 +369,8 @@ class Pipeline:
         self.reader = reader
         self.database = database
         self.processed = 0
+        # The worker's garbage collection policy, told after each batch (set by the worker).
+        self.collector: BatchCollector | None = None
         self._partitions = list(range(settings.topic_partitions))
         # Source partitions whose events keyed by their user id go straight
         # to the journeys (set at each rebalance, see _direct_partitions).
@@ -467,6 +470,8 @@ class Pipeline:
         try:
             async for events in take_envelopes(stream, s.batch_max_events, s.batch_max_seconds):
                 finish = await self._attempt(name, functools.partial(handle, stream, events))
+                if self.collector is not None:
+                    self.collector.batch_done()
                 if finish is _STOPPED or (previous is not None and not await previous):
                     return
                 previous = asyncio.ensure_future(

@@ -1060,6 +1060,7 @@ def stage_core(ctx: Context) -> None:
 
     from sinks import migrate
     from streams.app import Pipeline
+    from streams.collector import BatchCollector
     from streams.envelopes import ENVELOPE_MAX_RECORDS
     from streams.settings import Settings, load_funnels
     from streams.topics import partition_of
@@ -1115,19 +1116,23 @@ def stage_core(ctx: Context) -> None:
             batch = envelopes(source[i:i + size])
             began = time.perf_counter()
             await (await pipeline._ingest_batch(stream, batch))()  # type: ignore[arg-type]
+            collector.batch_done()
             seconds["ingest"] += time.perf_counter() - began
             batch, normalized.sent = envelopes(normalized.sent), []
             began = time.perf_counter()
             await (await pipeline._journey_batch(stream, batch))()  # type: ignore[arg-type]
+            collector.batch_done()
             seconds["journey"] += time.perf_counter() - began
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")
 
     thresholds = gc.get_threshold()
     tune_gc()  # as a worker runs
+    collector = BatchCollector()  # as the worker's batch loop tells it
     try:
         asyncio.run(run())
     finally:
         gc.set_threshold(*thresholds)
+        gc.unfreeze()
         pipeline.close()
     total = sum(seconds.values())
     ctx.progress.done(f"core: {len(source)} events in {total:.2f}s")

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 from schemas import FunnelsConfig
 from sinks import ClickHouseTarget, connect, migrate, parse_clickhouse_url, write_funnel_config
 from streams.app import Pipeline
+from streams.collector import BatchCollector
 from streams.settings import Settings, load_funnels
 from streams.topics import ensure_topics
 
@@ -59,9 +60,10 @@ def open_clickhouse(
 #: default: 700). A worker allocates a few dicts and lists per event and keeps every
 #: user's journey alive, so with the default the collector ran every few hundred
 #: events and each run walked the survivors: 25-30 % of a worker's throughput
-#: (BENCHMARKS.md). The pipeline makes few reference cycles; they are collected
-#: less often, not never.
-GC_THRESHOLDS = (50_000, 20, 100)
+#: (BENCHMARKS.md). A running worker also freezes what lives through each batch
+#: (streams.collector), which starts the count afresh: 500 000 is more than a batch
+#: allocates, so these collections are for start-up and table recovery.
+GC_THRESHOLDS = (500_000, 20, 100)
 
 
 def tune_gc() -> None:
@@ -105,6 +107,7 @@ def run_worker(
         owner_file.write_text(json.dumps({"web": web, "pid": os.getpid(), "chdb": target.path}))
     worker = faust.Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet)
     tune_gc()
+    pipeline.collector = BatchCollector()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
