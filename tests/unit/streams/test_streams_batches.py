@@ -42,7 +42,7 @@ DONE: list[str] = []  # events marked done, in order
 
 def _pipeline() -> Any:
     pipeline = SimpleNamespace(settings=SimpleNamespace(batch_max_events=10, batch_max_seconds=0.1),
-                               metrics=FunnelMetrics(CollectorRegistry()))
+                               metrics=FunnelMetrics(CollectorRegistry()), collector=None)
     pipeline._attempt = MethodType(Pipeline._attempt, pipeline)
     pipeline._finish = MethodType(Pipeline._finish, pipeline)
     return pipeline
