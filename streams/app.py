@@ -545,6 +545,7 @@ class Pipeline:
         pending: list[Awaitable[Any]] = []
         onward: list[ChangelogRecord] = []  # (partition of normalized, key, value)
         direct: list[tuple[EventT, Any, NormalizedEvent]] = []
+        direct_envelopes: list[EventT] = []  # those with records in ``direct``, once each
         direct_tps, count = self._direct, len(self._partitions)
         m, tally = self.metrics, Tally()
         funnels, routes = self.funnels, self.routes
@@ -571,6 +572,8 @@ class Pipeline:
                 user = norm["user_id"].encode()
                 partition = partition_of(user, count)
                 if here and record.key == user and partition == msg.partition:
+                    if not direct_envelopes or direct_envelopes[-1] is not event:
+                        direct_envelopes.append(event)
                     direct.append((event, record, norm))
                 else:
                     onward.append((partition, user, orjson.dumps(norm)))
@@ -581,7 +584,7 @@ class Pipeline:
         journeys = None
         if direct:
             journeys = await self._apply_journeys(direct, self.direct_sink,
-                                                  batch_token("journey-direct", [e for e, _, _ in direct]))
+                                                  batch_token("journey-direct", direct_envelopes))
 
         async def finish() -> None:
             if journeys is not None:

@@ -234,12 +234,21 @@ class StallTracker:
         self._place(key, funnel, stage, last, now)
 
     def _place(self, key: bytes, funnel: str, stage: str, last: int, now: int) -> None:
+        thresholds = self.thresholds
+        idle = now - last
+        if idle < thresholds[0]:  # active, the case of nearly every update: _level and _pack inline
+            users = self._users.get(funnel)
+            if users is None:
+                users = self._users[funnel] = {}
+            users[key] = (last << 16) | (self._stages.id(stage) << 2)
+            self._wheel.push(last + thresholds[0], key, self._funnels.id(funnel))
+            return
         level = self._level(last, now)
         self._users.setdefault(funnel, {})[key] = self._pack(self._stages.id(stage), last, level)
         if level:
             self._counts[(funnel, stage, level)] += 1
-        if level < len(self.thresholds):
-            self._wheel.push(last + self.thresholds[level], key, self._funnels.id(funnel))
+        if level < len(thresholds):
+            self._wheel.push(last + thresholds[level], key, self._funnels.id(funnel))
 
     def advance(self, now: int) -> int:
         """Move users whose next threshold passed; return how many moved."""
