@@ -271,9 +271,12 @@ class RewindingConsumer(EagerConsumer):
         changelogs = app.tables.changelog_topics
         buffered = self._buffered_partitions
         to_message = self._to_message
-        for tp, fetched in records.items():
+        fetches = list(records.items())
+        for i, (tp, fetched) in enumerate(fetches):
             if not self.flow_active or app.consumer_generation_id != generation:
-                return  # what is left is fetched again after the seek that follows
+                # What is left is fetched again after the seek that usually follows.
+                self._reread_unhanded(tp for tp, _ in fetches[i:])
+                return
             if active is not None and tp not in active and tp not in buffered:
                 continue
             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
@@ -283,6 +286,9 @@ class RewindingConsumer(EagerConsumer):
                 continue
             taken = await self._in_order(tp, fetched, generation)
             if not taken:
+                if app.consumer_generation_id != generation:
+                    self._reread_unhanded(tp for tp, _ in fetches[i:])
+                    return
                 continue
             envelopes = self._envelopes.get(tp)
             if envelopes is None:
@@ -427,6 +433,22 @@ class RewindingConsumer(EagerConsumer):
                         first, tp.topic, tp.partition)
             self._next[tp] = first
             self._dropped[tp] = first
+
+    def _reread_unhanded(self, tps: Iterable[TP]) -> None:
+        """Read ``tps`` again from their next offset expected: their fetched records were not handed out.
+
+        The fetcher's position has passed them. A rebalance's seek usually
+        follows and reads them again (it replaces this); without one, a
+        partition whose stream had ended would wait for new records to
+        reveal the gap, or for :meth:`_reread_idle`, 20 s on.
+        """
+        for tp in tps:
+            want = self._next.get(tp)
+            if want is None or self._is_changelog_tp(tp) or tp in self._dropped:
+                continue
+            log.info("%s[%d]: fetched records not handed out (flow control or a rebalance came first): "
+                     "reading them again from %d", tp.topic, tp.partition, want)
+            self._dropped[tp] = want
 
     async def _seek_dropped(self) -> None:
         dropped, self._dropped = self._dropped, {}

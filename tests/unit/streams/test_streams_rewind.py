@@ -330,6 +330,26 @@ def test_records_of_an_older_generation_are_not_handed_out_while_flow_runs(
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28), (OTHER, 27)]
 
 
+def test_records_left_when_a_rebalance_stops_a_fetch_are_read_again_without_its_seek(
+        consumer: RewindingConsumer) -> None:
+    """The fetcher is past them: with no seek after it (the stream ended there), they would wait."""
+    Broker(consumer, assigned={VISIT, OTHER})  # offsets committed: 27
+    fetches = Fetches(consumer, {VISIT: [27, 28], OTHER: [27]})
+    _run(consumer, consumer.perform_seek())
+
+    async def rebalanced_after_the_first() -> list[tuple[TP, int]]:
+        handed = []
+        async for tp, message in consumer.getmany(timeout=0):
+            handed.extend((tp, record.offset) for record in message.records)
+            consumer.app.consumer_generation_id += 1  # the fetch loop awaited: a rebalance came
+        return handed
+
+    assert _run(consumer, rebalanced_after_the_first()) == [(VISIT, 27), (VISIT, 28)]
+    assert consumer._dropped == {OTHER: 27}
+    _run(consumer, consumer._seek_dropped())  # what the next fetch does first
+    assert fetches.seeks == [(OTHER, 27)] and not consumer._dropped
+
+
 def test_partitions_without_a_committed_offset_are_sought_to_their_start(consumer: RewindingConsumer) -> None:
     """aiokafka seeks only partitions committed past 0: the others would stay where the fetcher is."""
     changelog = TP(next(iter(consumer.app.tables.changelog_topics)), 0)
