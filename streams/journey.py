@@ -371,6 +371,9 @@ def furthest(state: UserState, funnel: FunnelDefinition) -> tuple[str, int] | No
     if not fs or not fs["st"]:
         return None
     reached: dict[str, list[Any]] = fs["st"]
+    if len(reached) == 1:  # most users: one stage so far
+        for stage, at in reached.items():
+            return stage, at[0]
     index = _funnel(funnel).index
     stage, best = "", -2
     for candidate in reached:  # the first of the furthest, as max() gives
