@@ -81,8 +81,8 @@ class Settings(BaseSettings):
         "table partition (MiB)."
     )
     batch_max_events: int = Field(
-        10000, ge=1, description="FUNNEL_BATCH_MAX_EVENTS: events per agent batch (= insert size); a batch "
-        "is whole envelopes, so it may pass this by one envelope's records."
+        20000, ge=1, description="FUNNEL_BATCH_MAX_EVENTS: events per agent batch (= insert size) when "
+        "the stream is busy; a batch is whole envelopes, so it may pass this by one envelope's records."
     )
     batch_max_seconds: float = Field(
         0.1, gt=0, description="FUNNEL_BATCH_MAX_SECONDS: longest wait to fill a batch, so how far "
