@@ -236,11 +236,11 @@ class StallTracker:
     def _place(self, key: bytes, funnel: str, stage: str, last: int, now: int) -> None:
         thresholds = self.thresholds
         idle = now - last
-        if idle < thresholds[0]:  # active, the case of nearly every update: _level and _pack inline
+        if idle < thresholds[0]:  # active (level 0), the case of nearly every update
             users = self._users.get(funnel)
             if users is None:
                 users = self._users[funnel] = {}
-            users[key] = (last << 16) | (self._stages.id(stage) << 2)
+            users[key] = self._pack(self._stages.id(stage), last, 0)
             self._wheel.push(last + thresholds[0], key, self._funnels.id(funnel))
             return
         level = self._level(last, now)

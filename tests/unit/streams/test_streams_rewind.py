@@ -310,6 +310,15 @@ def test_messages_from_before_a_rebalance_are_not_handed_out(consumer: Rewinding
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28)]
 
 
+async def _rebalanced_after_the_first(consumer: RewindingConsumer) -> list[tuple[TP, int]]:
+    """One fetch handed out, a rebalance coming while the first envelope is handled."""
+    handed = []
+    async for tp, message in consumer.getmany(timeout=0):
+        handed.extend((tp, record.offset) for record in message.records)
+        consumer.app.consumer_generation_id += 1  # the fetch loop awaited: a rebalance came
+    return handed
+
+
 def test_records_of_an_older_generation_are_not_handed_out_while_flow_runs(
         consumer: RewindingConsumer) -> None:
     """A rebalance while a fetch is being handed out: streams would drop the rest and acknowledge
@@ -318,14 +327,7 @@ def test_records_of_an_older_generation_are_not_handed_out_while_flow_runs(
     Fetches(consumer, {VISIT: [27, 28], OTHER: [27]}, {VISIT: [27, 28], OTHER: [27]})
     _run(consumer, consumer.perform_seek())
 
-    async def rebalanced_after_the_first() -> list[tuple[TP, int]]:
-        handed = []
-        async for tp, message in consumer.getmany(timeout=0):
-            handed.extend((tp, record.offset) for record in message.records)
-            consumer.app.consumer_generation_id += 1  # the fetch loop awaited: a rebalance came
-        return handed
-
-    assert _run(consumer, rebalanced_after_the_first()) == [(VISIT, 27), (VISIT, 28)]
+    assert _run(consumer, _rebalanced_after_the_first(consumer)) == [(VISIT, 27), (VISIT, 28)]
     _run(consumer, consumer.perform_seek())
     assert _hand_out(consumer) == [(VISIT, 27), (VISIT, 28), (OTHER, 27)]
 
@@ -337,14 +339,7 @@ def test_records_left_when_a_rebalance_stops_a_fetch_are_read_again_without_its_
     fetches = Fetches(consumer, {VISIT: [27, 28], OTHER: [27]})
     _run(consumer, consumer.perform_seek())
 
-    async def rebalanced_after_the_first() -> list[tuple[TP, int]]:
-        handed = []
-        async for tp, message in consumer.getmany(timeout=0):
-            handed.extend((tp, record.offset) for record in message.records)
-            consumer.app.consumer_generation_id += 1  # the fetch loop awaited: a rebalance came
-        return handed
-
-    assert _run(consumer, rebalanced_after_the_first()) == [(VISIT, 27), (VISIT, 28)]
+    assert _run(consumer, _rebalanced_after_the_first(consumer)) == [(VISIT, 27), (VISIT, 28)]
     assert consumer._dropped == {OTHER: 27}
     _run(consumer, consumer._seek_dropped())  # what the next fetch does first
     assert fetches.seeks == [(OTHER, 27)] and not consumer._dropped
