@@ -89,7 +89,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 #: (``input_format_native_allow_types_conversion``). The values stored are the
 #: same; clickhouse-connect's own UUID and Decimal encoders cost 0.3-0.4 us a
 #: value in Python, on the writer thread, holding the GIL. Callers therefore
-#: give UUIDs and decimals as ``str`` (streams.rows does: ``event_id``,
+#: give UUIDs and decimals as ``str`` (streams.funnel.rows does: ``event_id``,
 #: ``amount``). tests/unit/sinks checks these against the DDL.
 INSERT_TYPES: dict[str, tuple[str, ...]] = {
     "events": (

@@ -1,8 +1,8 @@
 """Faust app, topics, agents (ingest, journeys, windows), embedded broker and CLI."""
 
-from streams.journey import JourneyResult, StageEntry, Transition, apply_event
+from streams.funnel.journey import JourneyResult, StageEntry, Transition, apply_event
+from streams.funnel.windows import WindowAggregator, window_start
 from streams.settings import Settings, load_funnels
-from streams.windows import WindowAggregator, window_start
 
 __all__ = [
     "JourneyResult",

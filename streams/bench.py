@@ -10,7 +10,7 @@ traffic (so producing is not measured) and measures, against the same topics:
    ``core``      the worker's own batch code (the ingest and journey agents'
    bodies, chDB sinks and metrics) called directly, without Kafka or Faust: the
    most the pipeline could do if moving messages cost nothing;
-3. ``pipeline``  the real worker (``python -m streams.cli worker``, chDB, every
+3. ``pipeline``  the real worker (``python -m streams.tools.cli worker``, chDB, every
    sink on), from the first message consumed to the last row written;
 4. ``freshness`` a fixed offered load: production -> counter on ``/metrics``
    and production -> row queryable in ClickHouse (p50/p99);
@@ -288,7 +288,7 @@ def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate
     would send; returns the messages and the generator's ground truth.
     """
     # The generator's planner, driven by a virtual clock instead of the wall clock.
-    from streams.generator import TrafficSpec, _Traffic
+    from streams.tools.generator import TrafficSpec, _Traffic
 
     traffic = _Traffic(TrafficSpec(rate=rate, seed=seed, duplicate_rate=duplicate_rate))
     truth = traffic.truth
@@ -316,7 +316,7 @@ def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate
 
 def visit_traffic(users: int, seed: int) -> list[Message]:
     """One visit for each of ``users`` distinct users (the memory run)."""
-    from streams.generator import CAMPAIGNS, DEFAULT_CHANNEL_MIX, PRODUCTS, REGIONS
+    from streams.tools.generator import CAMPAIGNS, DEFAULT_CHANNEL_MIX, PRODUCTS, REGIONS
 
     rng = random.Random(seed)
     channels = list(DEFAULT_CHANNEL_MIX)
@@ -453,11 +453,11 @@ def cpu_seconds(pid: int) -> float:
 
 # -- worker processes -----------------------------------------------------------------------------
 class WorkerProcess:
-    """`python -m streams.cli worker` on its own prefix, data directory and port."""
+    """`python -m streams.tools.cli worker` on its own prefix, data directory and port."""
 
     def __init__(self, bootstrap: str, run_dir: Path, name: str, prefix: str, store: str = "memory",
                  extra_env: dict[str, str] | None = None, module: str | None = None) -> None:
-        from streams.netutil import free_port
+        from streams.tools.netutil import free_port
 
         self.name = name
         self.port = free_port()
@@ -479,7 +479,7 @@ class WorkerProcess:
             "FUNNEL_STATUS_INTERVAL_SECONDS": "5",
             **(extra_env or {}),
         }
-        command = [sys.executable, "-m", *(module.split() if module else ["streams.cli", "worker"])]
+        command = [sys.executable, "-m", *(module.split() if module else ["streams.tools.cli", "worker"])]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 command, env=self.env, stdout=out,
@@ -709,7 +709,7 @@ def _naive_child(config: dict[str, Any]) -> int:
     import faust
 
     from schemas import Decoder, InvalidEvent
-    from streams.journey import apply_event, route, routes_for
+    from streams.funnel.journey import apply_event, route, routes_for
     from streams.settings import load_funnels
 
     funnels = load_funnels(None)
@@ -993,7 +993,7 @@ class _Msg(NamedTuple):
 
 
 class _Envelope(NamedTuple):
-    """What an envelope event's message tells the agents (streams.envelopes.Envelope)."""
+    """What an envelope event's message tells the agents (streams.faust_adapt.envelopes.Envelope)."""
 
     topic: str
     partition: int
@@ -1059,12 +1059,12 @@ def stage_core(ctx: Context) -> None:
     from prometheus_client import CollectorRegistry
 
     from sinks import migrate
-    from streams.app import Pipeline
-    from streams.collector import BatchCollector
-    from streams.envelopes import ENVELOPE_MAX_RECORDS
+    from streams.agents.collector import BatchCollector
+    from streams.faust_adapt.envelopes import ENVELOPE_MAX_RECORDS
+    from streams.pipeline import Pipeline
     from streams.settings import Settings, load_funnels
+    from streams.tools.worker import tune_gc
     from streams.topics import partition_of
-    from streams.worker import tune_gc
 
     settings = Settings(kafka_url="kafka://127.0.0.1:9",  # never connected to
                         topic_prefix=ctx.prefix, data_dir=ctx.run_dir / "core")
@@ -1280,7 +1280,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="extra environment for the workers, e.g. Faust settings such as "
                    "PRODUCER_LINGER=0.01 (repeatable): A/B a tuning against the same traffic")
     p.add_argument("--worker-module", metavar="MODULE",
-                   help="run `python -m MODULE` as the worker instead of `streams.cli worker` "
+                   help="run `python -m MODULE` as the worker instead of `streams.tools.cli worker` "
                    "(a prototype launcher)")
     p.add_argument("--seed", type=int, default=1, help="traffic seed (default 1)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
@@ -1328,7 +1328,7 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> Report:
     """Run the selected stages; return the report (printed by :func:`main`)."""
-    from streams.broker import EmbeddedBroker
+    from streams.tools.broker import EmbeddedBroker
 
     stages = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)

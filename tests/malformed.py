@@ -1,6 +1,6 @@
 """Malformed funnel messages with the dead-letter reason each must get.
 
-Shared by the decoder fuzz test (tests/unit/streams/test_fuzz_decode.py) and the
+Shared by the decoder fuzz test (tests/unit/schemas/test_fuzz_decode.py) and the
 bad-input integration test (tests/integration/test_reliability_bad_input.py).
 Every message here has exactly one defect, so its reason is known by
 construction: hypothesis strategies per reason (:data:`STRATEGIES`) plus

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.tools.broker import EmbeddedBroker
 
 from .harness import Worker, start_worker
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 from streams.settings import Settings
-from streams.worker import run_worker
+from streams.tools.worker import run_worker
 
 FLAG_ENV = "FUNNEL_TEST_CLICKHOUSE_DOWN"
 

@@ -22,8 +22,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.netutil import free_port
-from streams.offsets import read_end_offsets
+from streams.faust_adapt.offsets import read_end_offsets
+from streams.tools.netutil import free_port
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
@@ -102,7 +102,7 @@ def start_worker(env: dict[str, str], log_path: Path, timeout: float = 60.0, *,
     full_env = {**os.environ, **env, "FUNNEL_WEB_PORT": str(port), "FUNNEL_WEB_HOST": "127.0.0.1"}
     out = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        command or [sys.executable, "-m", "streams.cli", "worker"], env=full_env, stdout=out,
+        command or [sys.executable, "-m", "streams.tools.cli", "worker"], env=full_env, stdout=out,
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     out.close()
@@ -195,7 +195,7 @@ def generating(env: dict[str, str], truth: Path, *args: str, log_path: Path | No
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "generate", "--truth", str(truth), *args],
+            [sys.executable, "-m", "streams.tools.cli", "generate", "--truth", str(truth), *args],
             env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.netutil import free_port
+from streams.tools.netutil import free_port
 
 from .harness import wait_until
 
@@ -28,7 +28,7 @@ def test_demo_runs_prints_funnel_and_stops_cleanly(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "demo", "--rate", "400", "--refresh", "1"],
+            [sys.executable, "-m", "streams.tools.cli", "demo", "--rate", "400", "--refresh", "1"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -52,7 +52,7 @@ def test_demo_runs_prints_funnel_and_stops_cleanly(tmp_path: Path) -> None:
 
     # The data stays queryable after the demo stopped (nobody owns the engine now).
     sql = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "sql",
+        [sys.executable, "-m", "streams.tools.cli", "sql",
          "SELECT count() AS visits FROM funnel.stage_entries FINAL WHERE stage = 'visit'"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )

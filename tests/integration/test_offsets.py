@@ -10,8 +10,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.broker import EmbeddedBroker
-from streams.offsets import end_offsets
+from streams.faust_adapt.offsets import end_offsets
+from streams.tools.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 

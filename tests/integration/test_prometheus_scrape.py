@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 
-from streams.netutil import free_port
+from streams.tools.netutil import free_port
 
 from .harness import Worker, bootstrap_of, event, produce, wait_until
 

@@ -82,7 +82,7 @@ def both_ready(a: Worker, b: Worker) -> bool:
 
 def sql_offline(env: dict[str, str], query: str) -> list[list[Any]]:
     """`funnel sql --json` on a chDB no worker owns any more."""
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "--json", query],
+    done = subprocess.run([sys.executable, "-m", "streams.tools.cli", "sql", "--json", query],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout)["rows"])

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from schemas import hash_email
-from streams import cli
-from streams.netutil import free_port
+from streams.tools import cli
+from streams.tools.netutil import free_port
 
 from .harness import Worker, bootstrap_of, event, produce, start_worker, stopped_cleanly, wait_until
 
@@ -153,7 +153,7 @@ def test_clickhouse_password_is_masked_in_output(tmp_path: Path) -> None:
     """`funnel sql` against an unreachable server, with debug logging: no password anywhere."""
     env = {**os.environ, "FUNNEL_CLICKHOUSE_URL": f"http://writer:{PASSWORD}@127.0.0.1:{free_port()}/funnel",
            "FUNNEL_EMAIL_HASH_KEY": HASH_KEY, "FUNNEL_LOG_LEVEL": "debug", "FUNNEL_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "sql", "SELECT 1"], env=env,
+    done = subprocess.run([sys.executable, "-m", "streams.tools.cli", "sql", "SELECT 1"], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "sql:" in done.stderr
     for shown in (done.stdout, done.stderr):

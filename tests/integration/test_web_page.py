@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from streams.broker import EmbeddedBroker
+from streams.tools.broker import EmbeddedBroker
 
 from .harness import Worker, event, produce, start_worker, wait_until
 
@@ -118,7 +118,7 @@ def _artifacts(tmp_path: Path) -> Path:
 
 
 def _cli(worker: Worker, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=worker.env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "streams.tools.cli", *args], env=worker.env, input=stdin,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

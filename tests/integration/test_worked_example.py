@@ -166,14 +166,14 @@ def test_funnel_sql_asks_the_engine_owner(worker: Worker) -> None:
     wait_until(lambda: worker.scalar("SELECT count() FROM funnel.stage_entries FINAL") == 3, 60,
                "three visits in ClickHouse")
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "sql",
+        [sys.executable, "-m", "streams.tools.cli", "sql",
          "SELECT stage, count() AS users FROM funnel.stage_entries FINAL GROUP BY stage"],
         env=worker.env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["stage  users", "-----  -----", "visit      3", "(1 row)"]
     refused = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "sql", "DROP TABLE funnel.events"],
+        [sys.executable, "-m", "streams.tools.cli", "sql", "DROP TABLE funnel.events"],
         env=worker.env, capture_output=True, text=True, timeout=60, check=False,
     )
     assert refused.returncode == 2 and "only read-only queries" in refused.stderr

@@ -1,7 +1,7 @@
 """Load events into a migrated chDB database the way the journey agent does.
 
 The unit tests of the ClickHouse views and the SQL cookbook share this: events
-go through the real journey logic (:func:`streams.journey.apply_event`) and
+go through the real journey logic (:func:`streams.funnel.journey.apply_event`) and
 row layouts, and are written with explicit columns like the sink does.
 """
 
@@ -14,9 +14,9 @@ from clickhouse_connect.driver.client import Client
 
 from schemas import FunnelsConfig, NormalizedEvent
 from sinks import COLUMNS, write_funnel_config
-from streams.journey import UserState, apply_event, route, routes_for
-from streams.rows import entry_row, event_row, transition_row
-from streams.windows import TRANSITION, WindowAggregator
+from streams.funnel.journey import UserState, apply_event, route, routes_for
+from streams.funnel.rows import entry_row, event_row, transition_row
+from streams.funnel.windows import TRANSITION, WindowAggregator
 
 
 def load_events(

@@ -29,9 +29,9 @@ from sinks import (
     migrate,
     parse_clickhouse_url,
 )
-from streams.journey import Breakdown, Dropoff, StageEntry, Transition, UserState, apply_event
-from streams.rows import dropoff_row, entry_row, event_row, transition_row
-from streams.windows import ENTRY, TRANSITION, WindowAggregator
+from streams.funnel.journey import Breakdown, Dropoff, StageEntry, Transition, UserState, apply_event
+from streams.funnel.rows import dropoff_row, entry_row, event_row, transition_row
+from streams.funnel.windows import ENTRY, TRANSITION, WindowAggregator
 
 DEFAULT = FunnelDefinition(name="default", stages=EVENT_TYPES)
 REQUIRED_TABLES = {"events", "stage_entries", "transitions", "stage_counts"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streams.app import Pipeline
+from streams.pipeline import Pipeline
 from streams.settings import Settings, load_funnels
 
 

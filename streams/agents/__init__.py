@@ -1,0 +1,1 @@
+"""The worker's agents: each one's batch body, and what runs them."""

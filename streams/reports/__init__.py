@@ -1,0 +1,1 @@
+"""Funnel reports read from ClickHouse: the terminal summary and the report file."""

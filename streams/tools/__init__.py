@@ -1,0 +1,1 @@
+"""Command-line tools: ``funnel`` and its commands (worker, demo, emit, generate, report)."""

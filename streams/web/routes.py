@@ -1,0 +1,237 @@
+"""The live funnel page and its JSON API, on the worker's own web server.
+
+:func:`install` adds, next to ``/metrics``, ``/health`` and ``/sql``:
+
+* ``/`` the page (``streams/web/static/``: plain HTML, CSS and JavaScript, no build
+  step, nothing fetched from elsewhere: the machines may have no internet);
+* ``/api/config``, ``/api/funnel``, ``/api/trend``, ``/api/stalled`` and
+  ``/api/health``: JSON the page polls, documented for other tools in
+  ``docs/README-web.md``.
+
+ClickHouse is read through the worker's read-only client on the sink thread
+(the embedded engine must not be driven from two threads). Every query is
+parameterized and every parameter is checked against an allow-list first
+(:func:`streams.reports.report.select`); a bad one is a 400 that names the allowed
+values, a ClickHouse failure a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+import faust
+from prometheus_client import Counter
+
+from streams.reports.report import (
+    ALL_CHANNELS,
+    DEFAULT_RANGE,
+    DEFAULT_STALL,
+    OTHER_CHANNEL,
+    RANGES,
+    STALL_AFTER,
+    BadSelection,
+    Selection,
+    funnel_report,
+    select,
+    stalled_users,
+    trend,
+)
+
+if TYPE_CHECKING:
+    from streams.pipeline import Pipeline
+
+__all__ = ["API_PATHS", "REFRESH_SECONDS", "FunnelWeb", "consumer_lag", "install"]
+
+log = logging.getLogger("funnel.web")
+
+#: How often the page polls the API.
+REFRESH_SECONDS = 5.0
+#: Events/s on the page is the rate over about this many seconds.
+RATE_WINDOW_SECONDS = 10.0
+_SAMPLE_SECONDS = 1.0
+
+#: URL path -> (file in streams/web/static, content type).
+STATIC_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html"),
+    "/static/app.js": ("app.js", "text/javascript"),
+    "/static/style.css": ("style.css", "text/css"),
+}
+API_PATHS = ("/api/config", "/api/funnel", "/api/trend", "/api/stalled", "/api/health")
+# The page must show fresh numbers and a new version's files at once.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _counter_total(counter: Counter) -> float:
+    """Sum of a labelled counter over all its label values."""
+    return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
+
+
+def consumer_lag(pipeline: Pipeline) -> int | None:
+    """Messages not yet processed on this worker's partitions of the input topics.
+
+    Highwater (next offset the broker will assign) minus the committed offset
+    (Faust keeps the next offset to read, as Kafka does), or the read position
+    before the first commit. Changelog partitions are left out. None while the
+    consumer knows no offsets yet (starting, rebalancing).
+    """
+    names = pipeline.names
+    topics = {*names.events.values(), names.normalized}
+    consumer: Any = pipeline.app.consumer
+    try:
+        # Faust exposes no public per-partition committed offset; these are
+        # the maps its own commit logic keeps.
+        committed: Mapping[Any, int | None] = consumer._committed_offset
+        read: Mapping[Any, int | None] = consumer._read_offset
+        known = False
+        lag = 0
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            high = consumer.highwater(tp)
+            done = committed.get(tp)
+            if done is None and read.get(tp) is not None:
+                done = int(read[tp] or 0) + 1
+            if high is None or done is None:
+                continue
+            known = True
+            lag += max(0, int(high) - int(done))
+        return lag if known else None
+    except Exception:  # not started, or rebalancing: no answer rather than a wrong one
+        return None
+
+
+class FunnelWeb:
+    """The page's handlers and the events/s sampler of one worker."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        root = files("streams.web") / "static"
+        self.static = {
+            path: (root.joinpath(name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()
+        }
+        self._samples: deque[tuple[float, float]] = deque(
+            maxlen=int(RATE_WINDOW_SECONDS / _SAMPLE_SECONDS) + 1
+        )
+
+    def routes(self) -> list[tuple[str, Callable[..., Any]]]:
+        pages: list[tuple[str, Callable[..., Any]]] = [(p, self._static_handler(p)) for p in self.static]
+        return [*pages, *zip(API_PATHS, (self.config, self.funnel, self.trend, self.stalled, self.health),
+                             strict=True)]
+
+    def _static_handler(self, path: str) -> Callable[..., Any]:
+        body, content_type = self.static[path]
+
+        async def static_file(web: Any, request: Any) -> Any:
+            return web.bytes(body, content_type=content_type, headers=dict(_NO_STORE))
+
+        static_file.__name__ = f"static_{STATIC_FILES[path][0].replace('.', '_')}"
+        return static_file
+
+    # -- pipeline health -----------------------------------------------------------------
+    async def sample(self) -> None:
+        """Timer: remember the valid-event counter, for events/s."""
+        self._samples.append((time.monotonic(), _counter_total(self.pipeline.metrics.events)))
+
+    def events_per_second(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else None
+
+    def health_snapshot(self) -> dict[str, Any]:
+        p = self.pipeline
+        m = p.metrics
+        last = p.last_event_ms
+        rate = self.events_per_second()
+        return {
+            "app_id": p.settings.app_id,
+            "ready": p.ready,
+            "events_per_second": None if rate is None else round(rate, 1),
+            "events_total": int(_counter_total(m.events)),
+            "dead_letter_total": int(_counter_total(m.invalid_events)),
+            "duplicates_total": int(_counter_total(m.duplicate_events)),
+            "last_event_time": None if last is None else _iso_ms(last),
+            "last_event_age_seconds": None if last is None else round(time.time() - last / 1000, 1),
+            "consumer_lag": consumer_lag(p),
+            "sink_backlog_rows": p.journey_sink.pending + p.direct_sink.pending,
+            "sink_errors_total": int(_counter_total(m.sink_errors)),
+        }
+
+    # -- handlers ----------------------------------------------------------------------------
+    async def config(self, web: Any, request: Any) -> Any:
+        """What the page may ask for: funnels, periods, channels, thresholds, refresh period."""
+        p = self.pipeline
+        return web.json({
+            "funnels": [{"name": f.name, "stages": list(f.stages)} for f in p.funnels.values()],
+            "ranges": [{"key": k, "label": label} for k, (_, label) in RANGES.items()],
+            "default_range": DEFAULT_RANGE,
+            "channels": [ALL_CHANNELS, *p.settings.channel_list, OTHER_CHANNEL],
+            "stall_after": [{"key": k, "label": label} for k, (_, label) in STALL_AFTER.items()],
+            "default_stall": DEFAULT_STALL,
+            "refresh_seconds": REFRESH_SECONDS,
+            "clickhouse": p.reader is not None,
+        }, headers=dict(_NO_STORE))
+
+    async def funnel(self, web: Any, request: Any) -> Any:
+        return await self._answer(web, request, funnel_report)
+
+    async def trend(self, web: Any, request: Any) -> Any:
+        return await self._answer(web, request, trend)
+
+    async def stalled(self, web: Any, request: Any) -> Any:
+        after = request.query.get("after") or DEFAULT_STALL
+        return await self._answer(web, request, lambda rows, sel: stalled_users(rows, sel, after))
+
+    async def health(self, web: Any, request: Any) -> Any:
+        return web.json(self.health_snapshot(), headers=dict(_NO_STORE))
+
+    async def _answer(
+        self, web: Any, request: Any, build: Callable[[Any, Selection], dict[str, Any]]
+    ) -> Any:
+        p = self.pipeline
+        if p.reader is None:
+            return web.json({"error": "this worker reads no ClickHouse"}, status=404)
+        q = request.query
+        try:
+            sel = select(
+                p.funnels, p.settings.channel_list, funnel=q.get("funnel"), period=q.get("range"),
+                channel=q.get("channel"), now_ms=int(time.time() * 1000), database=p.database,
+            )
+            # On the sink's thread: reads queue with the writes, never beside them.
+            data = await p.journey_sink.run_blocking(build, self._rows, sel)
+        except BadSelection as exc:
+            return web.json({"error": str(exc)}, status=400)
+        except Exception as exc:
+            log.warning("web: %s failed: %s", request.path, exc)
+            return web.json({"error": f"ClickHouse: {exc}"}, status=503)
+        return web.json(data, headers=dict(_NO_STORE))
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        assert self.pipeline.reader is not None
+        return self.pipeline.reader.query(sql, parameters=dict(params)).result_rows
+
+
+def _iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def install(pipeline: Pipeline, app: faust.App | None = None) -> None:
+    """Register the page, its files and the JSON API on the pipeline's app, plus the rate sampler.
+
+    ``app`` is for the pipeline's own ``_build_app``, which calls this before
+    ``pipeline.app`` is set; handlers look the pipeline's parts up per request.
+    """
+    from streams.pipeline import _view  # the same handler adapter as /metrics (app imports this module)
+
+    app = app if app is not None else pipeline.app
+    site = FunnelWeb(pipeline)
+    for path, handler in site.routes():
+        app.page(path)(_view(handler))
+    app.timer(_SAMPLE_SECONDS)(site.sample)
+    s = pipeline.settings
+    log.info("funnel page http://%s:%d/ (JSON API: %s)", s.web_host, s.web_port, ", ".join(API_PATHS))

@@ -1,0 +1,46 @@
+"""streams.reports.report: the live funnel and SQL results as text."""
+
+from __future__ import annotations
+
+from schemas import DEFAULT_FUNNEL, FunnelDefinition
+from streams.reports.report import format_funnel, format_table
+
+HEADER = ["  stage            users     step  overall"]
+
+
+def test_worked_example_funnel() -> None:
+    counts = {"visit": 1000, "signup": 100, "webinar": 40, "consultation": 20, "purchase": 10}
+    assert format_funnel(DEFAULT_FUNNEL, counts).split("\n") == [
+        'funnel "default"', *HEADER,
+        "  visit             1000        -   100.0%  " + "#" * 30,
+        "  signup             100    10.0%    10.0%  ###",
+        "  webinar             40    40.0%     4.0%  #",
+        "  consultation        20    50.0%     2.0%  #",
+        "  purchase            10    50.0%     1.0%  ",
+    ]
+
+
+def test_funnel_without_users_shows_no_ratios() -> None:
+    funnel = FunnelDefinition(name="b2b", stages=("visit", "purchase"))
+    assert format_funnel(funnel, {"signup": 5}).split("\n") == [
+        'funnel "b2b"', *HEADER,
+        "  visit                0        -        -  ",
+        "  purchase             0        -        -  ",
+    ]
+
+
+def test_table_aligns_numbers_right_and_text_left() -> None:
+    rows: list[list[object]] = [["2026-01-31", "ads", 1200, 0.1], ["2026-02-01", None, 5, 0.25]]
+    assert format_table(["day", "channel", "users", "rate"], rows) == "\n".join([
+        "day         channel  users  rate",
+        "----------  -------  -----  ----",
+        "2026-01-31  ads       1200   0.1",
+        "2026-02-01               5  0.25",
+        "(2 rows)",
+    ])
+
+
+def test_table_edge_cases() -> None:
+    assert format_table(["a", "b"], []) == "a  b\n-  -\n(0 rows)"
+    # Booleans are not numbers: left-aligned.
+    assert format_table(["flag"], [[True]]) == "flag\n----\nTrue\n(1 row)"

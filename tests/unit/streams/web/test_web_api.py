@@ -1,0 +1,161 @@
+"""streams.web.routes: the JSON API handlers, health and lag, on a stub pipeline with chDB behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from schemas import DEFAULT_FUNNEL
+from sinks import FunnelMetrics
+from streams.settings import Settings
+from streams.web.routes import API_PATHS, STATIC_FILES, FunnelWeb, consumer_lag
+
+
+class _View:
+    """What Faust hands a page function: response builders."""
+
+    def json(self, value: Any, *, status: int = 200, headers: Any = None) -> tuple[int, Any]:
+        return status, value
+
+    def bytes(self, value: bytes, *, content_type: str, headers: Any = None) -> tuple[int, Any]:
+        return 200, (content_type, value)
+
+
+class _Sink:
+    pending = 0
+
+    async def run_blocking(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+
+class _Reader:
+    def query(self, sql: str, parameters: Any = None) -> Any:
+        raise RuntimeError("Code: 210. Connection refused")
+
+
+def _pipeline(reader: Any, database: str = "funnel", **extra: Any) -> Any:
+    parts: dict[str, Any] = {
+        "reader": reader, "database": database, "funnels": {"default": DEFAULT_FUNNEL},
+        "settings": Settings(channels="seo,ads", app_id="test-app"),
+        "journey_sink": _Sink(), "direct_sink": _Sink(),
+        "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None,
+        "ready": True, "names": SimpleNamespace(events={"visit": "f.visit"}, normalized="f.normalized"),
+    }
+    parts.update(extra)
+    return SimpleNamespace(**parts)
+
+
+def _get(handler: Any, **query: str) -> tuple[int, Any]:
+    request = SimpleNamespace(query=query, path="/api/test")
+    return asyncio.run(handler(_View(), request))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def site(chdb_client: Client, ch_database: str) -> FunnelWeb:
+    now = datetime.fromtimestamp(time.time() - 60, tz=UTC)
+    rows = [["default", stage, i, f"u{n}", now, "ads" if n % 2 else "seo", uuid.uuid4()]
+            for i, (stage, users) in enumerate([("visit", 4), ("signup", 2)]) for n in range(users)]
+    chdb_client.insert(f"{ch_database}.stage_entries", rows, column_names=[
+        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id"])
+    return FunnelWeb(_pipeline(chdb_client, ch_database))
+
+
+def test_funnel_endpoint_reads_clickhouse(site: FunnelWeb) -> None:
+    status, body = _get(site.funnel, range="15m")
+    assert status == 200
+    assert [(s["stage"], s["users"]) for s in body["stages"]][:3] == [
+        ("visit", 4), ("signup", 2), ("webinar", 0)]
+    status, body = _get(site.funnel, range="1h", channel="ads")
+    assert [s["users"] for s in body["stages"]][:2] == [2, 1]
+    assert (body["funnel"], body["range"], body["channel"]) == ("default", "1h", "ads")
+
+
+def test_trend_and_stalled_endpoints(site: FunnelWeb) -> None:
+    status, body = _get(site.trend, range="1h")
+    assert status == 200 and body["bucket_seconds"] == 300
+    assert sum(b["entries"]["visit"] for b in body["buckets"]) == 4
+    status, body = _get(site.stalled, after="1h")
+    assert status == 200 and body["total"] == 0 and body["after_seconds"] == 3600
+
+
+@pytest.mark.parametrize(("handler", "query", "message"), [
+    ("funnel", {"range": "1y"}, "range '1y' is not one of: 15m, 1h, 24h, 7d, all"),
+    ("funnel", {"channel": "tiktok"}, "channel 'tiktok' is not one of: all, seo, ads, other"),
+    ("trend", {"funnel": "b2b"}, "funnel 'b2b' is not one of: default"),
+    ("stalled", {"after": "2h"}, "stalled threshold '2h' is not one of: 1h, 1d, 7d"),
+])
+def test_bad_parameters_are_400_naming_the_allowed(
+    site: FunnelWeb, handler: str, query: dict[str, str], message: str
+) -> None:
+    assert _get(getattr(site, handler), **query) == (400, {"error": message})
+
+
+def test_clickhouse_failure_is_503_and_no_reader_is_404() -> None:
+    status, body = _get(FunnelWeb(_pipeline(_Reader())).funnel)
+    assert status == 503 and body["error"].startswith("ClickHouse: Code: 210")
+    assert _get(FunnelWeb(_pipeline(None)).trend) == (404, {"error": "this worker reads no ClickHouse"})
+
+
+def test_config_lists_what_may_be_asked() -> None:
+    status, body = _get(FunnelWeb(_pipeline(None)).config)
+    assert status == 200
+    assert body["funnels"] == [{"name": "default", "stages": list(DEFAULT_FUNNEL.stages)}]
+    assert [r["key"] for r in body["ranges"]] == ["15m", "1h", "24h", "7d", "all"]
+    assert body["channels"] == ["all", "seo", "ads", "other"]
+    assert [s["key"] for s in body["stall_after"]] == ["1h", "1d", "7d"]
+    assert body["refresh_seconds"] > 0 and body["clickhouse"] is False
+
+
+def test_health_counts_and_rate() -> None:
+    last = int(time.time() * 1000) - 2000
+    site = FunnelWeb(_pipeline(None, last_event_ms=last, app=SimpleNamespace(consumer=None)))
+    m = site.pipeline.metrics
+    asyncio.run(site.sample())
+    m.events.labels("default", "visit").inc(30)
+    m.events.labels("default", "signup").inc(10)
+    m.invalid_events.labels("not_json").inc(2)
+    m.invalid_events.labels("empty").inc()
+    site._samples[0] = (site._samples[0][0] - 4.0, 0.0)  # the first sample, four seconds earlier
+    asyncio.run(site.sample())
+    status, h = _get(site.health)
+    assert status == 200
+    assert h["events_total"] == 40 and h["dead_letter_total"] == 3
+    assert h["events_per_second"] == pytest.approx(10.0, rel=0.05)
+    assert h["last_event_time"].endswith("Z") and 1.5 < h["last_event_age_seconds"] < 30
+    assert h["consumer_lag"] is None  # no consumer: unknown, not zero
+    assert (h["ready"], h["sink_backlog_rows"], h["app_id"]) == (True, 0, "test-app")
+
+
+def test_consumer_lag_counts_input_topics_only() -> None:
+    from faust.types import TP as tp
+
+    assigned = [tp(topic="f.visit", partition=0), tp(topic="f.normalized", partition=1),
+                tp(topic="f.dead-letter", partition=0), tp(topic="app-journeys-changelog", partition=0),
+                tp(topic="f.visit", partition=1)]
+    high = {("f.visit", 0): 120, ("f.normalized", 1): 50, ("f.dead-letter", 0): 7,
+            ("app-journeys-changelog", 0): 999, ("f.visit", 1): None}
+    consumer = SimpleNamespace(
+        assignment=lambda: assigned,
+        highwater=lambda t: high[(t.topic, t.partition)],
+        _committed_offset={assigned[0]: 100, assigned[2]: 7},
+        _read_offset={assigned[1]: 44},  # nothing committed yet: next after the read one
+    )
+    p = _pipeline(None, app=SimpleNamespace(consumer=consumer))
+    assert consumer_lag(p) == 20 + 5 + 0
+
+
+def test_static_files_and_routes() -> None:
+    site = FunnelWeb(_pipeline(None))
+    paths = [path for path, _ in site.routes()]
+    assert paths == [*STATIC_FILES, *API_PATHS]
+    handlers = dict(site.routes())
+    status, (content_type, body) = _get(handlers["/"])
+    assert status == 200 and content_type == "text/html" and body.startswith(b"<!doctype html>")
+    assert _get(handlers["/static/app.js"])[1][0] == "text/javascript"
