@@ -187,7 +187,7 @@ def machine_info() -> dict[str, Any]:
             packages[name] = None
     info["packages"] = packages
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=5, check=False).stdout.strip()
         info["commit"] = rev or None
@@ -1422,6 +1422,3 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
