@@ -29,7 +29,7 @@ import schemas.decode as decode_module
 from schemas import EVENT_MODELS, EVENT_TYPES, Decoder, InvalidEvent, NormalizedEvent
 from schemas.currencies import ISO_4217
 from schemas.events import VisitEvent
-from streams.bench import realistic_traffic
+from streams.bench.traffic import realistic_traffic
 from tests.malformed import ANYTHING, STRATEGIES, Malformed, hand_written
 
 TS_MS = 1_769_860_800_000  # 2026-01-31T12:00:00Z

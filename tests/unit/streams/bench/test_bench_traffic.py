@@ -1,0 +1,38 @@
+"""streams.bench.traffic: the generator's realistic traffic and the memory run's visits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from schemas import Decoder
+from streams.bench.traffic import realistic_traffic, visit_traffic
+
+NOW_MS = 1_769_860_800_000  # 2026-01-31T12:00:00Z
+
+
+def test_realistic_traffic_matches_its_ground_truth() -> None:
+    messages, truth = realistic_traffic(3_000, seed=7)
+    assert len(messages) == truth["events"] == 3_000
+    assert sum(m.copies for m in messages) == truth["events"] + truth["duplicates"]
+    assert sum(m.entry for m in messages) == sum(truth["entries"].values())
+    assert Counter(m.event_type for m in messages if m.entry) == Counter(truth["entries"])
+    offsets = [m.offset_ms for m in messages]
+    assert offsets == sorted(offsets)
+    assert realistic_traffic(3_000, seed=7)[0] == messages  # reproducible
+
+
+def test_traffic_decodes_with_the_time_set_at_sending() -> None:
+    messages, _ = realistic_traffic(500, seed=3, duplicate_rate=0.0)
+    decoder = Decoder(["default"])
+    for m in messages:
+        event = decoder.decode(m.value(NOW_MS + m.offset_ms), m.event_type, NOW_MS + 10**8)
+        assert event["ts"] == NOW_MS + m.offset_ms
+        assert m.key == event["user_id"].encode()
+
+
+def test_visit_traffic_is_one_valid_visit_per_distinct_user() -> None:
+    messages = visit_traffic(1_000, seed=2)
+    decoder = Decoder(["default"])
+    users = {decoder.decode(m.value(NOW_MS), "visit", NOW_MS)["user_id"] for m in messages}
+    assert len(users) == 1_000
+    assert {m.event_type for m in messages} == {"visit"}
