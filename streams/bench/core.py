@@ -105,18 +105,18 @@ def stage_core(ctx: Context) -> None:
     pipeline = Pipeline(settings, load_funnels(None), clickhouse=client, database="bench_core",
                         registry=CollectorRegistry())
     table, normalized = _Table(), _Capture()
-    pipeline.journeys = table  # type: ignore[assignment]
+    pipeline.journeys = pipeline.journey.table = table  # type: ignore[assignment]
 
     async def send_normalized(records: Sequence[tuple[int, bytes | None, bytes | None]]) -> list[Any]:
         normalized.sent.extend((pipeline.names.normalized, key, value or b"") for _, key, value in records)
         return []
 
-    pipeline._send_normalized = send_normalized  # type: ignore[method-assign]
-    pipeline.dead_letter = _Capture()  # type: ignore[assignment]
+    pipeline.ingest.send_normalized = send_normalized  # type: ignore[method-assign]
+    pipeline.ingest.dead_letters.topic = _Capture()
     partitions = list(range(PARTITIONS))
     if settings.direct_journeys:  # as a worker owning every partition would decide
-        pipeline._direct = frozenset(TP(topic, p) for topic in pipeline.names.events.values()
-                                     for p in partitions)
+        pipeline.ingest.direct = frozenset(TP(topic, p) for topic in pipeline.names.events.values()
+                                           for p in partitions)
 
     offsets: dict[Any, int] = {}
 
@@ -147,12 +147,12 @@ def stage_core(ctx: Context) -> None:
         for i in range(0, len(source), size):
             batch = envelopes(source[i:i + size])
             began = time.perf_counter()
-            await (await pipeline._ingest_batch(stream, batch))()  # type: ignore[arg-type]
+            await (await pipeline.ingest.batch(stream, batch))()  # type: ignore[arg-type]
             collector.batch_done()
             seconds["ingest"] += time.perf_counter() - began
             batch, normalized.sent = envelopes(normalized.sent), []
             began = time.perf_counter()
-            await (await pipeline._journey_batch(stream, batch))()  # type: ignore[arg-type]
+            await (await pipeline.journey.batch(stream, batch))()  # type: ignore[arg-type]
             collector.batch_done()
             seconds["journey"] += time.perf_counter() - began
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")

@@ -40,7 +40,7 @@ def _attach_printer(pipeline: Pipeline, every: float) -> None:
     async def print_funnel() -> None:
         if pipeline.reader is None:
             return
-        result = await pipeline.journey_sink.run_blocking(pipeline.reader.query, sql)
+        result = await pipeline.run_blocking(pipeline.reader.query, sql)
         counts: dict[str, dict[str, int]] = {}
         for funnel, stage, users in result.result_rows:
             counts.setdefault(funnel, {})[stage] = users

@@ -108,7 +108,7 @@ def run_worker(
         owner_file.write_text(json.dumps({"web": web, "pid": os.getpid(), "chdb": target.path}))
     worker = faust.Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet)
     tune_gc()
-    pipeline.collector = BatchCollector()
+    pipeline.runner.collector = BatchCollector()
     # No `<counter>_created` series: one per counter series, read by no dashboard or alert
     # here, they made each scrape a third longer (and Prometheus store them).
     prometheus_client.disable_created_metrics()

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faust
 from prometheus_client import Counter
@@ -41,11 +41,9 @@ from streams.reports.report import (
     stalled_users,
     trend,
 )
+from streams.web.endpoints import Worker, view
 
-if TYPE_CHECKING:
-    from streams.pipeline import Pipeline
-
-__all__ = ["API_PATHS", "REFRESH_SECONDS", "FunnelWeb", "consumer_lag", "install"]
+__all__ = ["API_PATHS", "REFRESH_SECONDS", "FunnelWeb", "install"]
 
 log = logging.getLogger("funnel.web")
 
@@ -71,45 +69,11 @@ def _counter_total(counter: Counter) -> float:
     return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
 
 
-def consumer_lag(pipeline: Pipeline) -> int | None:
-    """Messages not yet processed on this worker's partitions of the input topics.
-
-    Highwater (next offset the broker will assign) minus the committed offset
-    (Faust keeps the next offset to read, as Kafka does), or the read position
-    before the first commit. Changelog partitions are left out. None while the
-    consumer knows no offsets yet (starting, rebalancing).
-    """
-    names = pipeline.names
-    topics = {*names.events.values(), names.normalized}
-    consumer: Any = pipeline.app.consumer
-    try:
-        # Faust exposes no public per-partition committed offset; these are
-        # the maps its own commit logic keeps.
-        committed: Mapping[Any, int | None] = consumer._committed_offset
-        read: Mapping[Any, int | None] = consumer._read_offset
-        known = False
-        lag = 0
-        for tp in consumer.assignment():
-            if tp.topic not in topics:
-                continue
-            high = consumer.highwater(tp)
-            done = committed.get(tp)
-            if done is None and read.get(tp) is not None:
-                done = int(read[tp] or 0) + 1
-            if high is None or done is None:
-                continue
-            known = True
-            lag += max(0, int(high) - int(done))
-        return lag if known else None
-    except Exception:  # not started, or rebalancing: no answer rather than a wrong one
-        return None
-
-
 class FunnelWeb:
     """The page's handlers and the events/s sampler of one worker."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
         root = files("streams.web") / "static"
         self.static = {
             path: (root.joinpath(name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()
@@ -135,7 +99,7 @@ class FunnelWeb:
     # -- pipeline health -----------------------------------------------------------------
     async def sample(self) -> None:
         """Timer: remember the valid-event counter, for events/s."""
-        self._samples.append((time.monotonic(), _counter_total(self.pipeline.metrics.events)))
+        self._samples.append((time.monotonic(), _counter_total(self.worker.metrics.events)))
 
     def events_per_second(self) -> float | None:
         if len(self._samples) < 2:
@@ -144,7 +108,7 @@ class FunnelWeb:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
     def health_snapshot(self) -> dict[str, Any]:
-        p = self.pipeline
+        p = self.worker
         m = p.metrics
         last = p.last_event_ms
         rate = self.events_per_second()
@@ -157,15 +121,15 @@ class FunnelWeb:
             "duplicates_total": int(_counter_total(m.duplicate_events)),
             "last_event_time": None if last is None else _iso_ms(last),
             "last_event_age_seconds": None if last is None else round(time.time() - last / 1000, 1),
-            "consumer_lag": consumer_lag(p),
-            "sink_backlog_rows": p.journey_sink.pending + p.direct_sink.pending,
+            "consumer_lag": p.consumer_lag(),
+            "sink_backlog_rows": p.pending_rows,
             "sink_errors_total": int(_counter_total(m.sink_errors)),
         }
 
     # -- handlers ----------------------------------------------------------------------------
     async def config(self, web: Any, request: Any) -> Any:
         """What the page may ask for: funnels, periods, channels, thresholds, refresh period."""
-        p = self.pipeline
+        p = self.worker
         return web.json({
             "funnels": [{"name": f.name, "stages": list(f.stages)} for f in p.funnels.values()],
             "ranges": [{"key": k, "label": label} for k, (_, label) in RANGES.items()],
@@ -193,7 +157,7 @@ class FunnelWeb:
     async def _answer(
         self, web: Any, request: Any, build: Callable[[Any, Selection], dict[str, Any]]
     ) -> Any:
-        p = self.pipeline
+        p = self.worker
         if p.reader is None:
             return web.json({"error": "this worker reads no ClickHouse"}, status=404)
         q = request.query
@@ -203,7 +167,7 @@ class FunnelWeb:
                 channel=q.get("channel"), now_ms=int(time.time() * 1000), database=p.database,
             )
             # On the sink's thread: reads queue with the writes, never beside them.
-            data = await p.journey_sink.run_blocking(build, self._rows, sel)
+            data = await p.run_blocking(build, self._rows, sel)
         except BadSelection as exc:
             return web.json({"error": str(exc)}, status=400)
         except Exception as exc:
@@ -212,26 +176,19 @@ class FunnelWeb:
         return web.json(data, headers=dict(_NO_STORE))
 
     def _rows(self, sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
-        assert self.pipeline.reader is not None
-        return self.pipeline.reader.query(sql, parameters=dict(params)).result_rows
+        assert self.worker.reader is not None
+        return self.worker.reader.query(sql, parameters=dict(params)).result_rows
 
 
 def _iso_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
-def install(pipeline: Pipeline, app: faust.App | None = None) -> None:
-    """Register the page, its files and the JSON API on the pipeline's app, plus the rate sampler.
-
-    ``app`` is for the pipeline's own ``_build_app``, which calls this before
-    ``pipeline.app`` is set; handlers look the pipeline's parts up per request.
-    """
-    from streams.pipeline import _view  # the same handler adapter as /metrics (app imports this module)
-
-    app = app if app is not None else pipeline.app
-    site = FunnelWeb(pipeline)
+def install(worker: Worker, app: faust.App) -> None:
+    """Register the page, its files and the JSON API on the worker's Faust ``app``, plus the rate sampler."""
+    site = FunnelWeb(worker)
     for path, handler in site.routes():
-        app.page(path)(_view(handler))
+        app.page(path)(view(handler))
     app.timer(_SAMPLE_SECONDS)(site.sample)
-    s = pipeline.settings
+    s = worker.settings
     log.info("funnel page http://%s:%d/ (JSON API: %s)", s.web_host, s.web_port, ", ".join(API_PATHS))

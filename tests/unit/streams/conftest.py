@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from streams.pipeline import Pipeline
 from streams.settings import Settings, load_funnels
+from tests.unit.streams.fakes import RecordingClient
 
 
 @pytest.fixture
@@ -19,4 +20,14 @@ def app_consumer(tmp_path: Any) -> Iterator[Any]:
                         load_funnels(None), clickhouse=None, database="funnel",  # type: ignore[arg-type]
                         registry=CollectorRegistry())
     yield pipeline.app.consumer
+    pipeline.close()
+
+
+@pytest.fixture
+def pipeline(tmp_path: Any) -> Iterator[Pipeline]:
+    """A worker's pipeline (not started), topics prefixed ``t.``, rows kept by a RecordingClient."""
+    settings = Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, topic_prefix="t.")
+    pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
+                        database="funnel", registry=CollectorRegistry())
+    yield pipeline
     pipeline.close()

@@ -1,10 +1,9 @@
-"""The agents' batch loop: acknowledge after the work, retry a batch the broker refused."""
+"""streams.agents.runner: acknowledge a batch after its work, retry a batch the broker refused."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import MethodType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,8 +11,8 @@ from aiokafka.errors import KafkaTimeoutError, UnknownError
 from prometheus_client import CollectorRegistry
 
 from sinks import FunnelMetrics, SinkStopped
-from streams import pipeline as app_module
-from streams.pipeline import Pipeline
+from streams.agents import runner as runner_module
+from streams.agents.runner import BatchRunner
 
 
 class FakeStream:
@@ -32,29 +31,26 @@ class FakeStream:
 @pytest.fixture(autouse=True)
 def _fake_take(monkeypatch: pytest.MonkeyPatch) -> None:
     """The batches the fake stream gives, as ``take_envelopes`` would hand them over."""
-    monkeypatch.setattr(app_module, "take_envelopes", lambda stream, n, within: stream.noack_take(n, within))
-    monkeypatch.setattr(app_module, "mark_done", lambda event: DONE.append(event))
+    monkeypatch.setattr(runner_module, "take_envelopes",
+                        lambda stream, n, within: stream.noack_take(n, within))
+    monkeypatch.setattr(runner_module, "mark_done", lambda event: DONE.append(event))
     DONE.clear()
 
 
 DONE: list[str] = []  # events marked done, in order
 
 
-def _pipeline() -> Any:
-    pipeline = SimpleNamespace(settings=SimpleNamespace(batch_max_events=10, batch_max_seconds=0.1),
-                               metrics=FunnelMetrics(CollectorRegistry()), collector=None)
-    pipeline._attempt = MethodType(Pipeline._attempt, pipeline)
-    pipeline._finish = MethodType(Pipeline._finish, pipeline)
-    return pipeline
+def _runner() -> BatchRunner:
+    return BatchRunner(10, 0.1, FunnelMetrics(CollectorRegistry()))
 
 
-def run(pipeline: Any, stream: FakeStream, handle: Any) -> None:
-    asyncio.run(Pipeline._run_batches(pipeline, "ingest", stream, handle))  # type: ignore[arg-type]
+def run(runner: BatchRunner, stream: FakeStream, handle: Any) -> None:
+    asyncio.run(runner.run("ingest", stream, handle))  # type: ignore[arg-type]
 
 
 def test_a_refused_batch_is_handled_again_then_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "PRODUCE_RETRY_INITIAL_SECONDS", 0.01)
-    pipeline, stream = _pipeline(), FakeStream([["a", "b"], ["c"]])
+    monkeypatch.setattr(runner_module, "PRODUCE_RETRY_INITIAL_SECONDS", 0.01)
+    runner, stream = _runner(), FakeStream([["a", "b"], ["c"]])
     calls: list[list[str]] = []
     failures = [UnknownError(), KafkaTimeoutError()]
 
@@ -68,15 +64,15 @@ def test_a_refused_batch_is_handled_again_then_acknowledged(monkeypatch: pytest.
 
         return finish
 
-    run(pipeline, stream, handle)
+    run(runner, stream, handle)
     assert sorted(calls) == [["a", "b"], ["a", "b"], ["a", "b"], ["c"]]  # handled again twice
     assert stream.acked == DONE == ["a", "b", "c"]  # in order
-    assert pipeline.metrics.registry.get_sample_value(
+    assert runner.metrics.registry.get_sample_value(
         "funnel_produce_retries_total", {"agent": "ingest"}) == 2
 
 
 def test_a_batch_is_written_while_the_next_one_is_handled() -> None:
-    pipeline, stream = _pipeline(), FakeStream([["a"], ["b"], ["c"]])
+    runner, stream = _runner(), FakeStream([["a"], ["b"], ["c"]])
     log: list[str] = []
 
     async def handle(_: Any, events: list[str]) -> Any:
@@ -89,7 +85,7 @@ def test_a_batch_is_written_while_the_next_one_is_handled() -> None:
 
         return finish
 
-    run(pipeline, stream, handle)
+    run(runner, stream, handle)
     assert log.index("handle b") < log.index("written a")  # overlapped
     assert log.index("written a") < log.index("write b")  # one write at a time, in order
     assert log.index("written b") < log.index("write c")
@@ -97,7 +93,7 @@ def test_a_batch_is_written_while_the_next_one_is_handled() -> None:
 
 
 def test_a_stopped_sink_leaves_the_batch_unacknowledged() -> None:
-    pipeline, stream = _pipeline(), FakeStream([["a"], ["b"]])
+    runner, stream = _runner(), FakeStream([["a"], ["b"]])
 
     async def handle(_: Any, events: list[str]) -> Any:
         async def finish() -> None:
@@ -105,12 +101,12 @@ def test_a_stopped_sink_leaves_the_batch_unacknowledged() -> None:
 
         return finish
 
-    run(pipeline, stream, handle)
+    run(runner, stream, handle)
     assert stream.acked == DONE == []
 
 
 def test_other_errors_are_not_swallowed() -> None:
-    pipeline, stream = _pipeline(), FakeStream([["a"]])
+    runner, stream = _runner(), FakeStream([["a"]])
 
     async def handle(_: Any, events: list[str]) -> Any:
         async def finish() -> None:
@@ -119,5 +115,5 @@ def test_other_errors_are_not_swallowed() -> None:
         return finish
 
     with pytest.raises(ValueError, match="a bug"):
-        run(pipeline, stream, handle)
+        run(runner, stream, handle)
     assert stream.acked == []

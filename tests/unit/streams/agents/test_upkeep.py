@@ -1,37 +1,26 @@
-"""The journeys table: a lost changelog is written again from memory; a user is read once."""
+"""streams.agents.upkeep: a lost changelog is written again from memory; a stall is told once."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from prometheus_client import CollectorRegistry
+from faust.types import TP
 
+from streams.agents import upkeep as upkeep_module
 from streams.pipeline import Pipeline
-from streams.settings import Settings, load_funnels
-from tests.unit.streams.agents.test_direct import Kafka, RecordingClient, partitioner, partitions
-
-
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
-    settings = Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, topic_prefix="t.")
-    pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
-                        database="funnel", registry=CollectorRegistry())
-    yield pipeline
-    pipeline.close()
+from tests.unit.streams.fakes import Kafka, partitioner, partitions
 
 
 def _held(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, active: set[int]) -> dict[bytes, Any]:
     """Ten users' journeys in the table; the table partitions ``active`` here."""
     held = {f"u{n}".encode(): {"f": {"st": {"visit": [n, f"e{n}"]}}} for n in range(10)}
     monkeypatch.setattr(pipeline.journeys, "items", held.items)
-    monkeypatch.setattr(pipeline, "_active_table_partitions", lambda: active)
-    pipeline._changelog_lost = True
+    monkeypatch.setattr(pipeline.journeys, "active_partitions", lambda: active)
+    pipeline.upkeep._changelog_lost = True
     return held
 
 
@@ -41,7 +30,7 @@ def test_every_journey_of_an_active_partition_is_written_again(
     kafka = Kafka(room=100)
     monkeypatch.setattr(pipeline.app.producer, "_ensure_producer", lambda: kafka)
     monkeypatch.setattr(pipeline.journeys.data, "set_persisted_offset", lambda tp, offset: None)
-    asyncio.run(pipeline._rewrite_changelog())
+    asyncio.run(pipeline.upkeep._rewrite_changelog())
     name = pipeline.journeys.changelog_topic.get_topic_name()
     written = {key: (topic, partition, orjson.loads(value or b""))
                for topic, partition, batch in kafka.sent for key, value in batch}
@@ -50,7 +39,7 @@ def test_every_journey_of_an_active_partition_is_written_again(
                 if partitioner(key, partitions, partitions) in {0, 2}}
     assert expected and len(expected) < len(held)
     assert written == expected
-    assert not pipeline._changelog_lost
+    assert not pipeline.upkeep._changelog_lost
     assert pipeline.journeys.take_changelog() == []
 
 
@@ -63,29 +52,23 @@ def test_a_refused_rewrite_is_tried_again_at_the_next_check(
             raise KafkaConnectionError("the broker is away")
 
     monkeypatch.setattr(pipeline.app.producer, "_ensure_producer", lambda: Refusing(room=100))
-    asyncio.run(pipeline._rewrite_changelog())
-    assert pipeline._changelog_lost
+    asyncio.run(pipeline.upkeep._rewrite_changelog())
+    assert pipeline.upkeep._changelog_lost
     assert pipeline.journeys.take_changelog() == []  # nothing left behind for an agent to take
 
 
-def test_get_reads_the_store_once(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Faust's ``get`` asks the store for the key, then reads it: two RocksDB reads."""
-    table = pipeline.journeys
-    store = table.data
-    store[b"u1"] = {"f": {}}
-    reads: list[Any] = []
-    read = type(store).__getitem__
-
-    def counted(self: Any, key: Any) -> Any:
-        reads.append(key)
-        return read(self, key)
-
-    def asked(self: Any, key: Any) -> bool:
-        raise AssertionError("get asked the store whether it holds the key")
-
-    monkeypatch.setattr(type(store), "__getitem__", counted)
-    monkeypatch.setattr(type(store), "__contains__", asked)
-    assert table.get(b"u1") == {"f": {}}
-    assert table.get(b"u2") is None
-    assert table.get(b"u2", {}) == {}
-    assert reads == [b"u1", b"u2", b"u2"]
+def test_a_stall_is_told_once_with_where_each_partition_stands(
+        pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    visit = TP(pipeline.names.events["visit"], 0)
+    monkeypatch.setattr(upkeep_module, "STALL_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(pipeline.app.consumer, "assignment", lambda: {visit})
+    pipeline.upkeep._watch_stall(0, 5)  # nothing processed, 5 behind: the stall starts
+    pipeline.upkeep._watch_stall(0, 5)
+    pipeline.upkeep._watch_stall(0, 5)
+    told = [r.getMessage() for r in caplog.records if "nothing processed" in r.getMessage()]
+    assert len(told) == 1 and "t.visit[0]" in told[0] and "5 messages behind" in told[0]
+    pipeline.upkeep._watch_stall(10, 5)  # it moves again: a later stall is told again
+    pipeline.upkeep._watch_stall(0, 5)
+    pipeline.upkeep._watch_stall(0, 5)
+    pipeline.upkeep._watch_stall(0, 0)  # no lag: nothing to say
+    assert len([r for r in caplog.records if "nothing processed" in r.getMessage()]) == 2

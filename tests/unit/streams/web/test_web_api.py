@@ -1,4 +1,4 @@
-"""streams.web.routes: the JSON API handlers, health and lag, on a stub pipeline with chDB behind it."""
+"""streams.web.routes: the JSON API handlers and health, on a stand-in worker with chDB behind it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from clickhouse_connect.driver.client import Client
 from schemas import DEFAULT_FUNNEL
 from sinks import FunnelMetrics
 from streams.settings import Settings
-from streams.web.routes import API_PATHS, STATIC_FILES, FunnelWeb, consumer_lag
+from streams.web.routes import API_PATHS, STATIC_FILES, FunnelWeb
 
 
 class _View:
@@ -28,11 +28,8 @@ class _View:
         return 200, (content_type, value)
 
 
-class _Sink:
-    pending = 0
-
-    async def run_blocking(self, fn: Any, *args: Any) -> Any:
-        return fn(*args)
+async def _run_blocking(fn: Any, *args: Any) -> Any:
+    return fn(*args)
 
 
 class _Reader:
@@ -40,13 +37,13 @@ class _Reader:
         raise RuntimeError("Code: 210. Connection refused")
 
 
-def _pipeline(reader: Any, database: str = "funnel", **extra: Any) -> Any:
+def _worker(reader: Any, database: str = "funnel", **extra: Any) -> Any:
+    """A stand-in for streams.web.endpoints.Worker."""
     parts: dict[str, Any] = {
         "reader": reader, "database": database, "funnels": {"default": DEFAULT_FUNNEL},
         "settings": Settings(channels="seo,ads", app_id="test-app"),
-        "journey_sink": _Sink(), "direct_sink": _Sink(),
-        "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None,
-        "ready": True, "names": SimpleNamespace(events={"visit": "f.visit"}, normalized="f.normalized"),
+        "run_blocking": _run_blocking, "pending_rows": 0, "consumer_lag": lambda: None,
+        "metrics": FunnelMetrics(None, ["seo", "ads"]), "last_event_ms": None, "ready": True,
     }
     parts.update(extra)
     return SimpleNamespace(**parts)
@@ -64,7 +61,7 @@ def site(chdb_client: Client, ch_database: str) -> FunnelWeb:
             for i, (stage, users) in enumerate([("visit", 4), ("signup", 2)]) for n in range(users)]
     chdb_client.insert(f"{ch_database}.stage_entries", rows, column_names=[
         "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id"])
-    return FunnelWeb(_pipeline(chdb_client, ch_database))
+    return FunnelWeb(_worker(chdb_client, ch_database))
 
 
 def test_funnel_endpoint_reads_clickhouse(site: FunnelWeb) -> None:
@@ -98,13 +95,13 @@ def test_bad_parameters_are_400_naming_the_allowed(
 
 
 def test_clickhouse_failure_is_503_and_no_reader_is_404() -> None:
-    status, body = _get(FunnelWeb(_pipeline(_Reader())).funnel)
+    status, body = _get(FunnelWeb(_worker(_Reader())).funnel)
     assert status == 503 and body["error"].startswith("ClickHouse: Code: 210")
-    assert _get(FunnelWeb(_pipeline(None)).trend) == (404, {"error": "this worker reads no ClickHouse"})
+    assert _get(FunnelWeb(_worker(None)).trend) == (404, {"error": "this worker reads no ClickHouse"})
 
 
 def test_config_lists_what_may_be_asked() -> None:
-    status, body = _get(FunnelWeb(_pipeline(None)).config)
+    status, body = _get(FunnelWeb(_worker(None)).config)
     assert status == 200
     assert body["funnels"] == [{"name": "default", "stages": list(DEFAULT_FUNNEL.stages)}]
     assert [r["key"] for r in body["ranges"]] == ["15m", "1h", "24h", "7d", "all"]
@@ -115,8 +112,8 @@ def test_config_lists_what_may_be_asked() -> None:
 
 def test_health_counts_and_rate() -> None:
     last = int(time.time() * 1000) - 2000
-    site = FunnelWeb(_pipeline(None, last_event_ms=last, app=SimpleNamespace(consumer=None)))
-    m = site.pipeline.metrics
+    site = FunnelWeb(_worker(None, last_event_ms=last))
+    m = site.worker.metrics
     asyncio.run(site.sample())
     m.events.labels("default", "visit").inc(30)
     m.events.labels("default", "signup").inc(10)
@@ -133,26 +130,8 @@ def test_health_counts_and_rate() -> None:
     assert (h["ready"], h["sink_backlog_rows"], h["app_id"]) == (True, 0, "test-app")
 
 
-def test_consumer_lag_counts_input_topics_only() -> None:
-    from faust.types import TP as tp
-
-    assigned = [tp(topic="f.visit", partition=0), tp(topic="f.normalized", partition=1),
-                tp(topic="f.dead-letter", partition=0), tp(topic="app-journeys-changelog", partition=0),
-                tp(topic="f.visit", partition=1)]
-    high = {("f.visit", 0): 120, ("f.normalized", 1): 50, ("f.dead-letter", 0): 7,
-            ("app-journeys-changelog", 0): 999, ("f.visit", 1): None}
-    consumer = SimpleNamespace(
-        assignment=lambda: assigned,
-        highwater=lambda t: high[(t.topic, t.partition)],
-        _committed_offset={assigned[0]: 100, assigned[2]: 7},
-        _read_offset={assigned[1]: 44},  # nothing committed yet: next after the read one
-    )
-    p = _pipeline(None, app=SimpleNamespace(consumer=consumer))
-    assert consumer_lag(p) == 20 + 5 + 0
-
-
 def test_static_files_and_routes() -> None:
-    site = FunnelWeb(_pipeline(None))
+    site = FunnelWeb(_worker(None))
     paths = [path for path, _ in site.routes()]
     assert paths == [*STATIC_FILES, *API_PATHS]
     handlers = dict(site.routes())

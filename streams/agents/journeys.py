@@ -1,0 +1,271 @@
+"""The journey agent: normalized events -> journeys, rows, window memberships, drop-offs, stalls.
+
+Its batch body (:meth:`JourneyAgent.batch`) reads `normalized`; the ingest
+agent hands it the events that skip that topic (:meth:`JourneyAgent.apply`).
+Per batch, each changed user is read from the table once and written once;
+the rows of every ClickHouse table the batch touches are added to the sink
+with no await in between, so a batch's rows are its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from faust import Stream
+from faust.types import TP, EventT
+
+from schemas import FunnelDefinition, NormalizedEvent
+from sinks import ClickHouseSink, FunnelMetrics, Tally
+from streams.agents.runner import Finish, batch_token
+from streams.faust_adapt.envelopes import records_of
+from streams.faust_adapt.table import JourneyTable, route_table_to
+from streams.funnel.journey import (
+    JourneyResult,
+    UserState,
+    apply_event,
+    expire_window,
+    furthest,
+    route,
+    window_ms,
+)
+from streams.funnel.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
+from streams.funnel.rows import dropoff_row, entry_row, event_row, transition_row
+from streams.funnel.windows import Watermarks, WindowAggregator
+from streams.topics import partition_of
+
+__all__ = ["JourneyAgent"]
+
+
+class JourneyAgent:
+    """Keeps the journeys of the users whose table partitions this worker holds.
+
+    Arguments:
+        table: the journeys table (user id bytes -> :data:`UserState`).
+        sink: where rows of events from `normalized` go.
+        homes: per partition, the `normalized` partition its watermark and deadlines are kept under.
+    """
+
+    def __init__(
+        self,
+        table: JourneyTable,
+        sink: ClickHouseSink,
+        metrics: FunnelMetrics,
+        funnels: dict[str, FunnelDefinition],
+        routes: dict[str, list[FunnelDefinition]],
+        homes: Sequence[TP],
+        *,
+        window_seconds: int,
+        allowed_lateness_seconds: float,
+        stalls: StallTracker,
+    ) -> None:
+        self.table, self.sink, self.metrics = table, sink, metrics
+        self.funnels, self.routes, self.homes = funnels, routes, homes
+        self.window_seconds = window_seconds
+        self.watermarks = Watermarks(allowed_lateness_seconds)
+        self.deadlines = WindowDeadlines()
+        self.stalls = stalls
+        self.processed = 0  # events applied since the status timer last took the count
+        self.last_event_ms: int | None = None  # newest event time processed
+
+    async def batch(self, stream: Stream, events: Sequence[EventT]) -> Finish:
+        loads = orjson.loads
+        decoded = [(event, record, loads(record.value or b"{}"))
+                   for event in events for record in records_of(event)]
+        return await self.apply(decoded, self.sink, batch_token("journey", events))
+
+    async def apply(self, batch: Sequence[tuple[EventT, Any, NormalizedEvent]],
+                              sink: ClickHouseSink, token: str) -> Finish:
+        """Apply a batch of events to the users' journeys and produce their changelog records.
+
+        Returns what finishes the batch: its rows written, its changelog
+        records acknowledged by the broker.
+
+        ``batch`` holds (envelope event, record, normalized event) triples:
+        the envelope routes the table to the record's partition.
+        """
+        m, tally = self.metrics, Tally()
+        now = time.time()
+        dirty: dict[bytes, tuple[UserState, EventT]] = {}
+        # Window memberships of this batch's entries and transitions, written
+        # with its other rows (stage_counts): no topic and agent in between.
+        windows = WindowAggregator(self.window_seconds)
+        # (user, funnel) -> partition, for the users whose furthest stage or
+        # last progress changed (only a new stage entry changes them)
+        touched: dict[tuple[bytes, str], Any] = {}
+        anchors: dict[Any, EventT] = {}  # partition -> an event of it (routes table access)
+        # One user's events come from five topics, so ingest can pass them on
+        # out of event-time order; applying each batch in event-time order
+        # repairs that whenever they meet in one batch (stable sort: ties keep
+        # arrival order).
+        decoded = sorted(batch, key=lambda triple: triple[2]["ts"])
+        homes, routes, journeys, observe = self.homes, self.routes, self.table, self.watermarks.observe
+        # This batch's rows, in order, handed to the sink after the loop.
+        events: list[tuple[Any, ...]] = []
+        entries: list[tuple[Any, ...]] = []
+        transitions: list[tuple[Any, ...]] = []
+        dropoffs: list[tuple[Any, ...]] = []
+        routed: EventT | None = None  # the event the table is routed by now
+        by_event = journeys.routes_by_event
+        for event, msg, e in decoded:
+            tp = homes[msg.partition]
+            key = msg.key or e["user_id"].encode()
+            targets = self.targets(e) if e["funnel"] else routes.get(e["event_type"])
+            if not targets:  # valid, but no configured funnel has this stage: kept
+                events.append(event_row(e, "", "", ""))
+                continue
+            cached = dirty.get(key)
+            if cached is None:
+                # Faust's RocksDB store reads (and writes) the partition of the
+                # "current event": point it at this message before touching the table.
+                if event is not routed and by_event:
+                    route_table_to(event)
+                    routed = event
+                state: UserState = journeys.get(key) or {}
+            else:
+                state = cached[0]
+            dirty[key] = (state, event)
+            late = observe(tp, e["ts"])
+            anchors[tp] = event
+            for funnel in targets:
+                result = apply_event(state, e, funnel)
+                if result.entries:
+                    touched[key, funnel.name] = tp
+                    for entry in result.entries:
+                        entries.append(entry_row(entry))
+                        windows.add_entry(entry)
+                if result.dropoffs:
+                    dropoffs.extend([dropoff_row(d) for d in result.dropoffs])
+                events.append(event_row(e, funnel.name, result.channel, result.customer))
+                for tr in result.transitions:
+                    transitions.append(transition_row(tr))
+                    windows.add_transition(tr)
+                if result.duplicate:
+                    tally.inc(m.child(m.duplicate_events, funnel.name))
+                    continue
+                tally.observe(m.event_lag, max(0.0, now - e["ts"] / 1000.0))
+                if late:
+                    tally.inc(m.child(m.late_events, funnel.name))
+                self._count(tally, funnel.name, e, result)
+        for table, rows_of in (("dropoffs", dropoffs), ("events", events), ("stage_entries", entries),
+                               ("transitions", transitions)):
+            sink.extend(table, rows_of)
+        # Follow the users who changed first, so a window that already ended
+        # (old data, a backlog) expires in this same batch.
+        self._track(touched, dirty, anchors, int(now * 1000))
+        self._expire_windows(sink, tally, anchors, dirty, int(now * 1000))
+        # Counted as the journeys changed, before any await (as one inc per
+        # update would be): a batch handled again finds its events applied.
+        tally.apply()
+        # One table write (and changelog record) per user per batch. Faust
+        # routes it by the "current event", so point it at that user's event.
+        routed = None
+        put = journeys.put
+        for key, (state, event) in dirty.items():
+            if event is not routed and by_event:
+                route_table_to(event)
+                routed = event
+            put(key, state, event)
+        changelog = self.table.take_changelog()  # no await since the writes: ours only
+        sink.extend("stage_counts", list(windows.rows()))
+        rows = sink.take()  # no await since this batch's rows were added: its own only
+        delivered = await self.table.produce_changelog(changelog)
+        self.processed += len(decoded)
+        if decoded:  # sorted by event time
+            self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][2]["ts"])
+
+        async def finish() -> None:
+            await sink.write_taken(rows, token)
+            await asyncio.gather(*delivered)
+
+        return finish
+
+    def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
+                        dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
+        """Drop-offs for the conversion windows each partition's watermark has passed."""
+        m = self.metrics
+        for tp, anchor in anchors.items():
+            mark = self.watermarks.mark(tp)
+            for due in self.deadlines.due(tp, mark if mark is not None else -1):
+                funnel = self.funnels.get(due.funnel)
+                cached = dirty.get(due.key)
+                if cached is None:
+                    route_table_to(anchor)
+                    state = self.table.get(due.key)
+                    if not state or funnel is None:
+                        continue
+                    cached = dirty[due.key] = (state, anchor)
+                if funnel is None:
+                    continue
+                drop = expire_window(cached[0], funnel, due.key.decode(), due.stage, due.entered)
+                if drop is not None:
+                    sink.add("dropoffs", dropoff_row(drop))
+                    if drop.first:
+                        tally.inc(m.child(m.dropoffs, funnel.name, drop.stage, m.channel(drop.channel)))
+
+    def _track(self, touched: dict[tuple[bytes, str], Any], dirty: dict[bytes, tuple[UserState, EventT]],
+               anchors: dict[Any, EventT], now_ms: int) -> None:
+        """Schedule the conversion window and update the stall counts of users who changed."""
+        funnels, follow = self.funnels, self._follow
+        for (key, name), tp in touched.items():
+            follow(tp, key, dirty[key][0], funnels[name], now_ms)
+
+    def _follow(self, tp: Any, key: bytes, state: UserState, funnel: FunnelDefinition, now_ms: int) -> None:
+        place = furthest(state, funnel)
+        if place is None:
+            return
+        stage, entered = place
+        finished = stage == funnel.stages[-1]
+        if not finished:
+            self.deadlines.schedule(tp, key, funnel.name, stage, entered, window_ms(funnel))
+        self.stalls.update(key, funnel.name, None if finished else stage,
+                           state[funnel.name]["last"], now_ms)
+
+
+    def targets(self, e: NormalizedEvent) -> list[FunnelDefinition]:
+        return route(e, self.funnels, self.routes)
+
+    def _count(self, tally: Tally, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
+        m = self.metrics
+        channel = m.channel(result.channel)
+        for entry in result.entries:
+            if entry.new:
+                tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
+        for tr in result.transitions:
+            if tr.first:  # a correction is not a new conversion
+                tally.inc(m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel))
+                tally.observe(m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage),
+                              tr.seconds)
+        if e["amount"] is not None:
+            tally.inc(m.child(m.revenue, funnel, channel, e["currency"] or ""), float(e["amount"]))
+        if result.customer == "new":
+            tally.inc(m.child(m.customers, funnel, channel))
+
+
+    def update_stalls(self) -> None:
+        self.stalls.advance(int(time.time() * 1000))
+        counts = self.stalls.counts()
+        for funnel in self.funnels.values():
+            for stage in funnel.stages[:-1]:
+                for temperature in TEMPERATURES:
+                    self.metrics.stalled_users.labels(funnel.name, stage, temperature).set(
+                        counts.get((funnel.name, stage, temperature), 0)
+                    )
+
+
+    def follow_all(self) -> int:
+        """Follow every local user again for windows and stalls (after a rebalance); how many."""
+        self.deadlines.clear()
+        self.stalls.clear()
+        now_ms = int(time.time() * 1000)
+        users = 0
+        for key, state in self.table.items():
+            tp = self.homes[partition_of(key, len(self.homes))]
+            for name in state:
+                if name in self.funnels:
+                    self._follow(tp, key, state, self.funnels[name], now_ms)
+            users += 1
+        return users
