@@ -40,9 +40,9 @@ from streams.agents.journeys import JourneyAgent
 from streams.agents.runner import BatchRunner, Handle
 from streams.agents.spend import SpendAgent
 from streams.agents.upkeep import Upkeep
+from streams.faust_adapt.app import FunnelApp
 from streams.faust_adapt.consumer import RawSchema
 from streams.faust_adapt.lag import consumer_lag
-from streams.faust_adapt.offsets import FunnelApp
 from streams.faust_adapt.table import JourneyTable
 from streams.funnel.journey import routes_for
 from streams.funnel.lifecycle import StallTracker

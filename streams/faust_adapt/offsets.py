@@ -1,23 +1,4 @@
-"""End offsets that hold on the embedded broker too, and a Faust app that uses them.
-
-The embedded broker (Tansu 0.6) answers ListOffsets(latest) with the base
-offset of the partition's last record *batch* plus one, not the offset after
-its last record: ten records produced in one batch report an end of 1. Kafka
-answers correctly. Fetch responses carry the right high watermark on both, so
-the end is found by reading from the reported end minus one (the last batch's
-first record): at most one batch per partition. The fetch's high watermark
-wins over the reported end either way. The embedded broker acknowledges a
-record produced to a topic it does not have (a producer whose metadata is
-from before a restart) and stores it nowhere; once the topic is created,
-ListOffsets reports an end of 1 for a partition its fetches call empty. A
-worker that wrote a journey's changelog record that way waited in table
-recovery for ever.
-
-Faust's table recovery reads each changelog partition up to ``end_offsets()``;
-with the embedded broker it stopped inside the last batch and a restarted
-worker lost the journeys of the users written there. :class:`FunnelApp`
-gives Faust the corrected ends, and the cheaper per-message consumer of
-:mod:`streams.faust_adapt.consumer`.
+"""Reading the agents' partitions in order, none skipped, and again when the broker lost them.
 
 A broker that loses its data (the embedded broker keeps it in memory)
 starts its partitions again at offset 0, while the consumer still reads at
@@ -41,113 +22,36 @@ queues drop when flow control resumes are read again
 (:meth:`RewindingConsumer.reread_dropped`), and so is a partition that is
 behind with nothing handed out for a while (``_reread_idle``). Fetches wait
 at most ``FETCH_MAX_WAIT_MS`` at the broker. Everything here adapts
-faust-streaming 0.15.3 internals (pinned in pyproject.toml).
+faust-streaming 0.15.3 ``Consumer`` internals (pinned in pyproject.toml).
 """
+
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from time import monotonic
-from typing import Any, cast
+from typing import Any
 
-import faust
-from aiokafka import AIOKafkaConsumer
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
-from mode.utils.futures import notify
 
-from streams.faust_adapt.consumer import EagerConsumer
-from streams.faust_adapt.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog, EnvelopeQueue
+from streams.faust_adapt.commits import EnvelopeCommitter
+from streams.faust_adapt.endoffsets import ConsumerThread
+from streams.faust_adapt.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog
 
-__all__ = ["FunnelApp", "RewindingConsumer", "end_offsets", "read_end_offsets"]
+__all__ = ["RewindingConsumer"]
 
 log = logging.getLogger(__name__)
-
-#: How long end offsets wait for a fetch to tell a partition's high watermark.
-READ_END_TIMEOUT_SECONDS = 10.0
 
 #: How often partitions are checked for being behind with nothing handed out (_reread_idle).
 IDLE_CHECK_SECONDS = 5.0
 #: How long a partition may be behind with nothing handed out before it is read again.
 REREAD_IDLE_SECONDS = 20.0
 
-#: Longest a fetch waits at the broker for records (Faust's own is 1 500 ms; see _ConsumerThread).
-FETCH_MAX_WAIT_MS = 100
 
-#: How long a partition's commits may wait for unacknowledged offsets before that is logged.
-BLOCKED_COMMIT_WARN_SECONDS = 60.0
-
-
-async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any],
-                           timeout: float = READ_END_TIMEOUT_SECONDS) -> dict[Any, int]:
-    """The next offset of every partition in ``tps``, read with ``consumer``.
-
-    ``consumer`` must be started, in no group; it is assigned ``tps`` and left
-    positioned somewhere in their last batches. A partition no fetch answers
-    for within ``timeout`` seconds keeps the end the broker reported.
-    """
-    wanted = list(tps)
-    if not wanted:
-        return {}
-    reported = await consumer.end_offsets(wanted)
-    ends = {tp: int(reported[tp]) for tp in wanted}
-    consumer.assign(wanted)
-    for tp in wanted:
-        consumer.seek(tp, max(ends[tp] - 1, 0))
-    open_tps = {tp for tp in wanted if ends[tp] > 0}
-    deadline = monotonic() + timeout
-    while open_tps:
-        batch = await consumer.getmany(*open_tps, timeout_ms=500)
-        for tp, records in batch.items():
-            ends[tp] = max(ends[tp], records[-1].offset + 1)
-        told = {tp for tp in open_tps if consumer.highwater(tp) is not None}
-        for tp in told:  # the fetch's high watermark is the end, even below the reported one
-            ends[tp] = int(cast(int, consumer.highwater(tp)))
-        open_tps -= told
-        if open_tps and monotonic() > deadline:
-            log.warning("no fetch answered for %s within %.0f s: taking the ends the broker reported",
-                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(open_tps)), timeout)
-            break
-    return ends
-
-
-async def end_offsets(bootstrap_servers: str | list[str], tps: Iterable[Any]) -> dict[Any, int]:
-    """The next offset of every partition in ``tps`` (a throwaway consumer, no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await read_end_offsets(consumer, tps)
-    finally:
-        await consumer.stop()
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
-        # Faust 0.15.3 builds the worker's aiokafka consumer with
-        # fetch_max_wait_ms=1500 and no setting for it. The embedded broker
-        # holds a fetch for most of that wait even when records are there
-        # (measured: a record produced every 10 ms is received after p50
-        # 0.39 s / p99 0.75 s with 1 500 ms, 0.026 / 0.051 s with 100 ms):
-        # that was most of the worker's freshness. aiokafka reads the value
-        # when it starts its fetcher, after this.
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-    async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
-        if self.consumer.in_transaction:
-            return await super()._highwaters(partitions)
-        transport = cast(faust_aiokafka.Transport, self.transport)
-        servers = faust_aiokafka.server_list(transport.url, transport.default_port)
-        ends = await end_offsets(servers, [faust_aiokafka.TopicPartition(tp.topic, tp.partition)
-                                           for tp in partitions])
-        return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
-
-
-class RewindingConsumer(EagerConsumer):
+class RewindingConsumer(EnvelopeCommitter):
     """The consumer that can read partitions the broker lost again from their start."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -166,12 +70,6 @@ class RewindingConsumer(EagerConsumer):
         self._starts: dict[TP, int] = {}
         # Partition -> the first offset of a hole it is reading again.
         self._refetching: dict[TP, int] = {}
-        # Partition -> (since when its commits wait for an unacknowledged
-        # envelope, whether that was logged).
-        self._blocked: dict[TP, tuple[float, bool]] = {}
-        # Stream partition -> the envelopes delivered since its last seek,
-        # which decide its commits (streams.faust_adapt.envelopes).
-        self._envelopes: dict[TP, EnvelopeLog] = {}
         # Stream partition -> the offset to seek back to before the next
         # fetch: Faust's queues dropped what was handed out from there.
         self._dropped: dict[TP, int] = {}
@@ -183,7 +81,7 @@ class RewindingConsumer(EagerConsumer):
         self._waiting = ""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def rewind(self, tps: Iterable[TP]) -> None:
         """Read ``tps`` again from their start (those assigned here, now or later)."""
@@ -481,81 +379,11 @@ class RewindingConsumer(EagerConsumer):
         log.warning("offsets %d-%d of %s[%d] are missing on the broker: committed past them",
                     first, last, tp.topic, tp.partition)
 
-    # -- commits of envelope partitions: their EnvelopeLog, not Faust's acked offsets and gaps --
-    def ack(self, message: Message) -> bool:
-        """Faust's acknowledgement: for an envelope, only the end of its tracking.
-
-        Called by ``Message.ack`` under Faust's (reentrant) ``ack_lock`` once
-        the stream's last reference is released. What an envelope's commit
-        needs is :func:`~streams.faust_adapt.envelopes.mark_done`, which only the agent
-        calls: Faust's streams also acknowledge, unprocessed, the messages
-        they skip while flow control is suspended or that come from an older
-        consumer generation (``Stream._py_aiter``); those stay not done, and
-        the seek that follows reads them again.
-        """
-        if not isinstance(message, Envelope):
-            return super().ack(message)
-        if message.acked:
-            return False
-        message.acked = True
-        self._unacked_messages.discard(message)
-        self._n_acked += len(message.records)
-        notify(self._waiting_for_ack)
-        return True
-
-    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
-        yield from super()._filter_tps_with_pending_acks(topics)
-        for tp, envelopes in self._envelopes.items():
-            if envelopes and (topics is None or tp in topics or tp.topic in topics):
-                yield tp
-
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         return super()._filter_committable_offsets([tp for tp in tps if not self._held(tp)])
 
-    def _new_offset(self, tp: TP) -> int | None:
-        envelopes = self._envelopes.get(tp)
-        if envelopes is not None:
-            offset = envelopes.committable()
-            self._watch_blocked(tp, envelopes)
-            return offset
-        return super()._new_offset(tp)
-
-    def _forget_envelopes(self, tps: Iterable[TP] | None = None) -> None:
-        """Replace the envelope logs of ``tps`` (all if None): what they held commits nothing now."""
-        if tps is None:
-            self._envelopes.clear()
-            self._blocked.clear()
-            self._dropped.clear()
-            self._idle_since.clear()
-            return
-        for tp in tps:
-            self._envelopes.pop(tp, None)
-            self._blocked.pop(tp, None)
-            self._dropped.pop(tp, None)
-            self._idle_since.pop(tp, None)
-
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        # Faust's handler waits for the agents' acknowledgements and commits
-        # (with the logs still in place), then the revoked logs go.
-        try:
-            await super().on_partitions_revoked(revoked)
-        finally:
-            self._forget_envelopes(revoked)
-
-    def _watch_blocked(self, tp: TP, envelopes: EnvelopeLog) -> None:
-        """Say once when ``tp``'s commits wait for an envelope never acknowledged while later ones were."""
-        blocked = envelopes.blocked()
-        if blocked is None:
-            self._blocked.pop(tp, None)
-            return
-        since, first, last, done = blocked
-        _, told = self._blocked.setdefault(tp, (since, False))
-        now = monotonic()
-        if not told and now - since >= BLOCKED_COMMIT_WARN_SECONDS:
-            self._blocked[tp] = (since, True)
-            log.warning("commits of %s[%d] have waited %.0f s at offset %d: offsets %d-%d were never "
-                        "acknowledged (%d later envelopes were)", tp.topic, tp.partition, now - since,
-                        first, first, last, done)
+    def _per_envelope_partition(self) -> list[dict[TP, Any]]:
+        return [*super()._per_envelope_partition(), self._dropped, self._idle_since]
 
     def _held(self, tp: TP) -> bool:
         """Whether ``tp`` waits for its start to be processed before it commits anything."""
@@ -572,21 +400,3 @@ class RewindingConsumer(EagerConsumer):
             del self._rewound[tp]  # read again from the start: commits are whole again
             return False
         return True
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = RewindingConsumer
-
-
-class FunnelApp(faust.App):
-    """faust.App on the aiokafka driver with end offsets that hold on every broker."""
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
-
-    def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> Any:
-        # faust-streaming 0.15.3 builds every channel's queue here: ours tells
-        # the consumer when Faust clears it (see EnvelopeQueue).
-        consumer = self.consumer
-        return EnvelopeQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume,
-                             on_clear=lambda: cast(RewindingConsumer, consumer).reread_dropped())

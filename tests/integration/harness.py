@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.faust_adapt.offsets import read_end_offsets
+from streams.faust_adapt.endoffsets import read_end_offsets
 from streams.tools.netutil import free_port
 
 

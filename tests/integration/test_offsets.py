@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.faust_adapt.offsets import end_offsets
+from streams.faust_adapt.endoffsets import end_offsets
 from streams.tools.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""streams.faust_adapt.offsets.read_end_offsets against a consumer whose broker reports ends that are off.
+"""streams.faust_adapt.endoffsets.read_end_offsets against a consumer whose broker reports ends that are off.
 
 The embedded broker's real quirks are in tests/integration/test_offsets.py;
 here a stand-in consumer plays the broker's two answers (ListOffsets and the
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from streams.faust_adapt.offsets import read_end_offsets
+from streams.faust_adapt.endoffsets import read_end_offsets
 
 A, B, C = (TopicPartition("t", p) for p in range(3))
 
@@ -86,7 +86,7 @@ def test_without_any_fetch_answer_the_reported_ends_stand(caplog: pytest.LogCapt
 
 def test_the_worker_s_fetches_wait_at_most_fetch_max_wait_ms(app_consumer: Any) -> None:
     """Faust asks for 1 500 ms; the embedded broker then holds fetches that long with records there."""
-    from streams.faust_adapt.offsets import FETCH_MAX_WAIT_MS
+    from streams.faust_adapt.endoffsets import FETCH_MAX_WAIT_MS
 
     async def build() -> Any:
         consumer = app_consumer._thread._create_worker_consumer(app_consumer.transport)

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 from faust.types import TP
 
-from streams.faust_adapt import offsets
+from streams.faust_adapt import commits
 from streams.faust_adapt.envelopes import Envelope, EnvelopeLog
 from streams.faust_adapt.offsets import RewindingConsumer
 
@@ -276,7 +276,7 @@ def test_commits_waiting_for_an_unacknowledged_envelope_are_logged_once(
         consumer: RewindingConsumer, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A partition whose commits cannot move says which offsets it waits for."""
-    monkeypatch.setattr(offsets, "BLOCKED_COMMIT_WARN_SECONDS", 0.0)
+    monkeypatch.setattr(commits, "BLOCKED_COMMIT_WARN_SECONDS", 0.0)
     consumer._committed_offset[VISIT] = 100
     head, later = _deliver(consumer, VISIT, range(100, 105), range(105, 111))
     _finish(consumer, later)
