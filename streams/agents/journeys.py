@@ -24,7 +24,6 @@ from streams.agents.runner import Finish, batch_token
 from streams.faust_adapt.envelopes import records_of
 from streams.faust_adapt.table import JourneyTable, route_table_to
 from streams.funnel.journey import (
-    JourneyResult,
     UserState,
     apply_event,
     expire_window,
@@ -33,6 +32,7 @@ from streams.funnel.journey import (
     window_ms,
 )
 from streams.funnel.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
+from streams.funnel.outputs import JourneyResult
 from streams.funnel.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.funnel.windows import Watermarks, WindowAggregator
 from streams.topics import partition_of

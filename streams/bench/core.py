@@ -63,9 +63,9 @@ class _Table(dict[bytes, Any]):
     """Stands for the journeys table: a write costs the changelog record's serialization."""
 
     def __setitem__(self, key: bytes, value: Any) -> None:
-        from faust.utils import json as faust_json
+        from streams.faust_adapt.table import changelog_value
 
-        faust_json.dumps(value)
+        changelog_value(value)
         super().__setitem__(key, value)
 
     routes_by_event = False  # as Faust's memory store

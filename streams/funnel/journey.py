@@ -35,18 +35,24 @@ Rules (the README's "Journey rules" says the same):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
+from streams.funnel.outputs import (
+    DEFAULT_CHANNEL,
+    Breakdown,
+    Dropoff,
+    JourneyResult,
+    Transition,
+    breakdown,
+    new_breakdown,
+    new_dropoff,
+    new_entry,
+    new_transition,
+)
 
 __all__ = [
-    "DEFAULT_CHANNEL",
     "SEEN_LIMIT",
-    "Dropoff",
-    "JourneyResult",
-    "StageEntry",
-    "Transition",
     "UserState",
     "apply_event",
     "expire_window",
@@ -57,85 +63,9 @@ __all__ = [
 ]
 
 SEEN_LIMIT = 128
-DEFAULT_CHANNEL = "direct"
 
 #: Table value: funnel name -> funnel state (see :func:`_new_funnel_state`).
 UserState = dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Breakdown:
-    """The dimensions an entry is reported by: campaign is first touch, like the
-    channel; product, region and manager are the latest the user's events named."""
-
-    campaign: str = ""
-    product: str = ""
-    region: str = ""
-    manager: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class StageEntry:
-    funnel: str
-    stage: str
-    stage_index: int
-    user_id: str
-    ts: int
-    channel: str
-    event_id: str
-    dims: Breakdown = Breakdown()
-    #: False when re-emitted (replay or re-attribution): metrics count new ones only.
-    new: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A transition into ``to_stage``; ``deleted`` ones retract an earlier version."""
-
-    funnel: str
-    from_stage: str
-    to_stage: str
-    from_index: int
-    to_index: int
-    user_id: str
-    from_ts: int
-    ts: int
-    seconds: float
-    channel: str
-    event_id: str
-    version: int
-    deleted: bool = False
-    campaign: str = ""
-    #: True the first time this user gets a transition into to_stage (metrics
-    #: count those only: corrections are not new conversions).
-    first: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Dropoff:
-    """A user whose conversion window ran out at ``stage`` (closed lost), or its retraction."""
-
-    funnel: str
-    stage: str
-    stage_index: int
-    user_id: str
-    entered_ts: int
-    dropped_ts: int
-    channel: str
-    version: int
-    deleted: bool = False
-    first: bool = False
-
-
-@dataclass(slots=True)
-class JourneyResult:
-    duplicate: bool = False
-    entries: list[StageEntry] = field(default_factory=list)
-    transitions: list[Transition] = field(default_factory=list)
-    dropoffs: list[Dropoff] = field(default_factory=list)
-    channel: str = DEFAULT_CHANNEL
-    #: For purchases: "new" for the user's first purchase, "returning" after.
-    customer: str = ""
 
 
 def _new_funnel_state() -> dict[str, Any]:
@@ -187,44 +117,6 @@ def _funnel(definition: FunnelDefinition) -> _Funnel:
             _FUNNELS.clear()
         info = _FUNNELS[id(definition)] = _Funnel(definition)
     return info
-
-
-_T = TypeVar("_T")
-
-
-def _builder(cls: type[_T]) -> Callable[..., _T]:
-    """A constructor of ``cls`` (a frozen slots dataclass) taking every field positionally.
-
-    It builds the object as a mutable twin with the same slots (plain attribute
-    stores, not object.__setattr__ per field) and then sets its ``__class__``:
-    the result is a genuine ``cls`` instance, equal to ``cls(*values)`` and as
-    frozen. About three times faster; falls back to ``cls`` where an
-    interpreter refuses the class change.
-    """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-
-    def __post_init__(self: Any) -> None:
-        self.__class__ = cls
-
-    twin = make_dataclass(f"_Building{cls.__name__}", names, slots=True, eq=False, repr=False,
-                          namespace={"__post_init__": __post_init__})
-    try:
-        probe = twin(*names)
-    except TypeError:  # pragma: no cover - CPython allows it (same slots, same base)
-        return cls
-    if type(probe) is not cls or probe != cls(*names):  # pragma: no cover
-        return cls
-    return cast(Callable[..., _T], twin)
-
-
-_new_breakdown = _builder(Breakdown)
-_new_entry = _builder(StageEntry)
-_new_transition = _builder(Transition)
-_new_dropoff = _builder(Dropoff)
-
-
-def _breakdown(dims: list[str]) -> Breakdown:
-    return _new_breakdown(*dims) if len(dims) == 4 else Breakdown(*dims)
 
 
 # -- the journey -----------------------------------------------------------------------------
@@ -304,7 +196,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         fs["last"] = ts
     user = event["user_id"]
     result.entries.append(
-        _new_entry(name, stage, stage_index, user, ts, channel, event_id, _breakdown(dims), True))
+        new_entry(name, stage, stage_index, user, ts, channel, event_id, breakdown(dims), True))
     # The transitions the walk wants that differ from the emitted ones (new,
     # moved or retracted) get the next versions, in funnel order.
     desired = _walk(reached, index)
@@ -360,8 +252,8 @@ def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> Jou
     }
     result = JourneyResult(False, [], [], [], channel, "new" if purchase else "")
     if entered:
-        result.entries.append(_new_entry(info.name, stage, stage_index, event["user_id"], ts, channel,
-                                         event_id, _new_breakdown(*dims), True))
+        result.entries.append(new_entry(info.name, stage, stage_index, event["user_id"], ts, channel,
+                                         event_id, new_breakdown(*dims), True))
     return result
 
 
@@ -418,7 +310,7 @@ def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, 
 
 def _dropoff(fs: dict[str, Any], info: _Funnel, user: str, stage: str, first: bool = False) -> Dropoff:
     version, dropped_ts, deleted = fs["drops"][stage]
-    return _new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
+    return new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
                         dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
 
 
@@ -493,11 +385,11 @@ def _transition(
     ts, event_id = reached[to]
     index = info.index
     if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
-        return _new_transition(info.name, "", to, 0, index.get(to, -1), user, ts, ts, 0.0, channel,
+        return new_transition(info.name, "", to, 0, index.get(to, -1), user, ts, ts, 0.0, channel,
                                event_id, version, True, fs["dims"][0], False)
     from_ts = reached[from_stage][0]
     seconds = (ts - from_ts) / 1000.0
-    return _new_transition(
+    return new_transition(
         info.name, from_stage, to, index.get(from_stage, -1), index.get(to, -1), user, from_ts, ts,
         seconds if seconds > 0.0 else 0.0, channel, event_id, version, False, fs["dims"][0], first,
     )
@@ -522,9 +414,9 @@ def _emit_all(
         if stage != skip_entry:
             ts, event_id = reached[stage]
             if dims is None:
-                dims = _breakdown(fs["dims"])
+                dims = breakdown(fs["dims"])
             result.entries.append(
-                _new_entry(name, stage, key(stage), user, ts, channel, event_id, dims, False))
+                new_entry(name, stage, key(stage), user, ts, channel, event_id, dims, False))
     emitted: dict[str, list[Any]] = fs["tr"]
     for to in sorted(emitted, key=key):
         if to in skip_transitions:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from schemas import NormalizedEvent
-from streams.funnel.journey import Dropoff, StageEntry, Transition
+from streams.funnel.outputs import Dropoff, StageEntry, Transition
 
 __all__ = ["dropoff_row", "entry_row", "event_row", "transition_row"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from streams.funnel.journey import StageEntry, Transition
+from streams.funnel.outputs import StageEntry, Transition
 
 __all__ = ["ENTRY", "TRANSITION", "Membership", "Watermarks", "WindowAggregator", "window_start"]
 

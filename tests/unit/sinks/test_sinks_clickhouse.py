@@ -29,7 +29,8 @@ from sinks import (
     migrate,
     parse_clickhouse_url,
 )
-from streams.funnel.journey import Breakdown, Dropoff, StageEntry, Transition, UserState, apply_event
+from streams.funnel.journey import UserState, apply_event
+from streams.funnel.outputs import Breakdown, Dropoff, StageEntry, Transition
 from streams.funnel.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.funnel.windows import ENTRY, TRANSITION, WindowAggregator
 

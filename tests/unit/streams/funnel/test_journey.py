@@ -14,16 +14,8 @@ import pytest
 
 from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
 from sinks import COLUMNS
-from streams.funnel.journey import (
-    DEFAULT_CHANNEL,
-    SEEN_LIMIT,
-    Breakdown,
-    JourneyResult,
-    StageEntry,
-    Transition,
-    UserState,
-    apply_event,
-)
+from streams.funnel.journey import SEEN_LIMIT, UserState, apply_event
+from streams.funnel.outputs import DEFAULT_CHANNEL, Breakdown, JourneyResult, StageEntry, Transition
 from streams.funnel.rows import entry_row, transition_row
 
 DEFAULT = FunnelDefinition(name="default", stages=EVENT_TYPES)
