@@ -44,8 +44,8 @@ from streams.faust_adapt.app import FunnelApp
 from streams.faust_adapt.consumer import RawSchema
 from streams.faust_adapt.lag import consumer_lag
 from streams.faust_adapt.table import JourneyTable
-from streams.funnel.journey import routes_for
 from streams.funnel.lifecycle import StallTracker
+from streams.funnel.routing import routes_for
 from streams.settings import Settings, split_brokers
 from streams.topics import TopicNames
 

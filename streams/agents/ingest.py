@@ -26,7 +26,7 @@ from streams.agents.journeys import JourneyAgent
 from streams.agents.runner import Finish, batch_token
 from streams.faust_adapt.envelopes import records_of
 from streams.faust_adapt.table import ChangelogRecord, produce_batches
-from streams.funnel.journey import route
+from streams.funnel.routing import route
 from streams.topics import partition_of
 
 __all__ = ["IngestAgent", "direct_partitions"]

@@ -23,16 +23,10 @@ from sinks import ClickHouseSink, FunnelMetrics, Tally
 from streams.agents.runner import Finish, batch_token
 from streams.faust_adapt.envelopes import records_of
 from streams.faust_adapt.table import JourneyTable, route_table_to
-from streams.funnel.journey import (
-    UserState,
-    apply_event,
-    expire_window,
-    furthest,
-    route,
-    window_ms,
-)
+from streams.funnel.journey import UserState, apply_event, expire_window, furthest, window_ms
 from streams.funnel.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
 from streams.funnel.outputs import JourneyResult
+from streams.funnel.routing import route
 from streams.funnel.rows import dropoff_row, entry_row, event_row, transition_row
 from streams.funnel.windows import Watermarks, WindowAggregator
 from streams.topics import partition_of

@@ -59,7 +59,8 @@ def naive_child(config: dict[str, Any]) -> int:
     import faust
 
     from schemas import Decoder, InvalidEvent
-    from streams.funnel.journey import apply_event, route, routes_for
+    from streams.funnel.journey import apply_event
+    from streams.funnel.routing import route, routes_for
     from streams.settings import load_funnels
 
     funnels = load_funnels(None)

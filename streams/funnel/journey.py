@@ -34,10 +34,10 @@ Rules (the README's "Journey rules" says the same):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from schemas import EVENT_TYPES, FunnelDefinition, NormalizedEvent
+from schemas import FunnelDefinition, NormalizedEvent
 from streams.funnel.outputs import (
     DEFAULT_CHANNEL,
     Breakdown,
@@ -57,8 +57,6 @@ __all__ = [
     "apply_event",
     "expire_window",
     "furthest",
-    "route",
-    "routes_for",
     "window_ms",
 ]
 
@@ -312,26 +310,6 @@ def _dropoff(fs: dict[str, Any], info: _Funnel, user: str, stage: str, first: bo
     version, dropped_ts, deleted = fs["drops"][stage]
     return new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
                         dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
-
-
-def route(
-    event: NormalizedEvent, funnels: dict[str, FunnelDefinition],
-    routes: dict[str, list[FunnelDefinition]],
-) -> list[FunnelDefinition]:
-    """The funnels an event feeds: the one it names, else every funnel with its stage.
-
-    ``routes`` maps each event type to the funnels that have it as a stage.
-    """
-    if event["funnel"]:
-        named = funnels.get(event["funnel"])
-        return [named] if named else []  # unknown names are dead-lettered at ingest
-    return routes.get(event["event_type"], [])
-
-
-def routes_for(funnels: Iterable[FunnelDefinition]) -> dict[str, list[FunnelDefinition]]:
-    """Event type -> the funnels that have it as a stage, in configuration order."""
-    funnels = list(funnels)
-    return {t: [f for f in funnels if f.index(t) >= 0] for t in EVENT_TYPES}
 
 
 def _customer(fs: dict[str, Any], event_id: str) -> str:

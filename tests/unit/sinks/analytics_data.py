@@ -14,7 +14,8 @@ from clickhouse_connect.driver.client import Client
 
 from schemas import FunnelsConfig, NormalizedEvent
 from sinks import COLUMNS, write_funnel_config
-from streams.funnel.journey import UserState, apply_event, route, routes_for
+from streams.funnel.journey import UserState, apply_event
+from streams.funnel.routing import route, routes_for
 from streams.funnel.rows import entry_row, event_row, transition_row
 from streams.funnel.windows import TRANSITION, WindowAggregator
 
