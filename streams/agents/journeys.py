@@ -71,8 +71,8 @@ class JourneyAgent:
                    for event in events for record in records_of(event)]
         return await self.apply(decoded, self.sink, batch_token("journey", events))
 
-    async def apply(self, batch: Sequence[tuple[EventT, Any, NormalizedEvent]],
-                              sink: ClickHouseSink, token: str) -> Finish:
+    async def apply(self, batch: Sequence[tuple[EventT, Any, NormalizedEvent]], sink: ClickHouseSink,
+                    token: str) -> Finish:
         """Apply a batch of events to the users' journeys and produce their changelog records.
 
         Returns what finishes the batch: its rows written, its changelog
@@ -218,7 +218,6 @@ class JourneyAgent:
         self.stalls.update(key, funnel.name, None if finished else stage,
                            state[funnel.name]["last"], now_ms)
 
-
     def targets(self, e: NormalizedEvent) -> list[FunnelDefinition]:
         return route(e, self.funnels, self.routes)
 
@@ -238,7 +237,6 @@ class JourneyAgent:
         if result.customer == "new":
             tally.inc(m.child(m.customers, funnel, channel))
 
-
     def update_stalls(self) -> None:
         self.stalls.advance(int(time.time() * 1000))
         counts = self.stalls.counts()
@@ -248,7 +246,6 @@ class JourneyAgent:
                     self.metrics.stalled_users.labels(funnel.name, stage, temperature).set(
                         counts.get((funnel.name, stage, temperature), 0)
                     )
-
 
     def follow_all(self) -> int:
         """Follow every local user again for windows and stalls (after a rebalance); how many."""
