@@ -82,7 +82,7 @@ class Pipeline:
         clickhouse: the client the sinks write with.
         database: the ClickHouse database of the tables.
         reader: a read-only client for the page, its API and ``/sql``; None: no reads.
-        registry: where the Prometheus metrics are registered (the default one if None).
+        registry: where the Prometheus metrics are registered (a new registry if None).
     """
 
     def __init__(
@@ -218,7 +218,7 @@ class Pipeline:
         if self.ingest.direct:
             log.info("ingest: events keyed by user id in %d source partitions go straight to the journeys",
                      len(self.ingest.direct))
-        users = self.journey.follow_all()
+        users = self.journey.follow_all(self.journeys.active_partitions())
         log.info("journey: following %d users for conversion windows and stalls", users)
 
     # -- what the web server and the tools read (streams.web.endpoints.Worker) -----------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -247,14 +247,22 @@ class JourneyAgent:
                         counts.get((funnel.name, stage, temperature), 0)
                     )
 
-    def follow_all(self) -> int:
-        """Follow every local user again for windows and stalls (after a rebalance); how many."""
+    def follow_all(self, active: Collection[int]) -> int:
+        """Follow again, for windows and stalls, every user of the ``active`` table partitions; how many.
+
+        After a rebalance. A standby's copy of a partition (in the same store
+        with Faust's memory store) is left to the worker that is its active one:
+        counted here too, its stalled users would be counted twice.
+        """
         self.deadlines.clear()
         self.stalls.clear()
         now_ms = int(time.time() * 1000)
         users = 0
         for key, state in self.table.items():
-            tp = self.homes[partition_of(key, len(self.homes))]
+            partition = partition_of(key, len(self.homes))
+            if partition not in active:
+                continue
+            tp = self.homes[partition]
             for name in state:
                 if name in self.funnels:
                     self._follow(tp, key, state, self.funnels[name], now_ms)

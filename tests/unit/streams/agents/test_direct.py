@@ -58,6 +58,9 @@ class Table(dict[bytes, Any]):
     def take_changelog(self) -> list[Any]:
         return []
 
+    def active_partitions(self) -> set[int]:
+        return set(partitions)  # a worker that is the active one for every partition
+
     async def produce_changelog(self, records: Any) -> list[Any]:
         return []
 
