@@ -33,7 +33,7 @@ def partition_of(key: bytes, partitions: int) -> int:
     What aiokafka's ``DefaultPartitioner`` computes (Java's too): murmur2 of
     the key, its sign bit cleared, modulo the count; here in C (the
     ``murmurhash2`` package), 0.2 us where aiokafka's pure-Python murmur2
-    takes 3 us, once per event on the ingest path. tests/unit/test_topics.py
+    takes 3 us, once per event on the ingest path. tests/unit/streams/test_topics.py
     compares the two over random keys.
     """
     return (murmurhash2(key, _MURMUR2_SEED) & 0x7FFFFFFF) % partitions

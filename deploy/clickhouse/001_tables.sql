@@ -4,9 +4,9 @@
 -- configured database (default `funnel`).
 --
 -- Idempotency (at-least-once delivery, retried writes):
---   * every insert carries insert_deduplication_token (table:topic/partition/
---     offset range), and non_replicated_deduplication_window makes a retry of
---     the same batch a no-op;
+--   * every insert carries insert_deduplication_token (the agent, a hash of
+--     the batch's topic/partition/offset ranges, and the table), and
+--     non_replicated_deduplication_window makes a retry of the same batch a no-op;
 --   * a replay after a crash forms different batches, so each table is also
 --     keyed by its natural id in a Replacing/Aggregating engine. Read with
 --     FINAL (the views below do) to see each row once before merges.

@@ -126,7 +126,7 @@ class JourneyTable(faust.Table):
             # under "json" (faust-streaming 0.15.3's json codec returns
             # faust.utils.json.dumps, orjson's bytes when orjson is installed),
             # without their four layers per record: about 3 us per changed
-            # user (test_streams_direct compares the bytes with Faust's).
+            # user (tests/unit/streams/faust_adapt/test_table.py compares the bytes with Faust's).
             self._unsent.append((partition, key, changelog_value(value)))
         else:
             topic = cast(faust.Topic, self.changelog_topic)  # Faust's types name the channel's API only

@@ -6,7 +6,7 @@
   step, nothing fetched from elsewhere: the machines may have no internet);
 * ``/api/config``, ``/api/funnel``, ``/api/trend``, ``/api/stalled`` and
   ``/api/health``: JSON the page polls, documented for other tools in
-  ``docs/README-web.md``.
+  the README ("The JSON API").
 
 ClickHouse is read through the worker's read-only client on the sink thread
 (the embedded engine must not be driven from two threads). Every query is

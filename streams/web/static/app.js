@@ -1,4 +1,4 @@
-// The live funnel page: polls the worker's JSON API (docs/README-web.md) and redraws in place.
+// The live funnel page: polls the worker's JSON API (README.md, "The JSON API") and redraws in place.
 // Plain JavaScript, no dependencies, nothing loaded from elsewhere. Every value shown comes
 // from the API; selections live in the URL (?range=1h&channel=ads&stall=1d) so links share them.
 "use strict";
