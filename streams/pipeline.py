@@ -33,7 +33,6 @@ from prometheus_client import CollectorRegistry
 
 from schemas import Decoder, FunnelsConfig
 from sinks import ClickHouseSink, FunnelMetrics
-from streams import web
 from streams.agents.deadletter import DeadLetters
 from streams.agents.ingest import IngestAgent, direct_partitions
 from streams.agents.journeys import JourneyAgent
@@ -48,6 +47,8 @@ from streams.funnel.lifecycle import StallTracker
 from streams.funnel.routing import routes_for
 from streams.settings import Settings, split_brokers
 from streams.topics import TopicNames
+from streams.web import routes
+from streams.web.endpoints import install_endpoints
 
 __all__ = ["Pipeline"]
 
@@ -118,23 +119,24 @@ class Pipeline:
         self.spend_sink = ClickHouseSink(clickhouse, database, self.metrics, executor=self._executor)
         self.reader = reader
         self.database = database
-        self.app = self._build_app()
+        self.app, table = self._build_app()
         partitions = settings.topic_partitions
         stalls = StallTracker(
             round(settings.stall_after_seconds * 1000), round(settings.stall_warm_seconds * 1000),
             round(settings.stall_cold_seconds * 1000),
         )
         self.journey = JourneyAgent(
-            self.journeys, self.journey_sink, self.metrics, self.funnels, routes_for(funnels.funnels),
+            table, self.journey_sink, self.metrics, self.funnels, routes_for(funnels.funnels),
             # partition -> that partition of `normalized`: where watermarks and deadlines are kept
             tuple(TP(self.names.normalized, p) for p in range(partitions)),
             window_seconds=settings.window_seconds,
             allowed_lateness_seconds=settings.allowed_lateness_seconds, stalls=stalls,
         )
         dead_letters = DeadLetters(self.dead_letter, self.metrics)
-        self.ingest = IngestAgent(self.app, decoder, self.metrics, self.names.event_type_of(),
-                                  self.names.normalized, partitions, dead_letters, self.journey,
-                                  self.direct_sink)
+        self.ingest = IngestAgent(
+            app=self.app, decoder=decoder, metrics=self.metrics, event_type_of=self.names.event_type_of(),
+            normalized=self.names.normalized, partitions=partitions, dead_letters=dead_letters,
+            journeys=self.journey, direct_sink=self.direct_sink)
         self.spend = SpendAgent(decoder, self.metrics, self.spend_sink, dead_letters)
         self.runner = BatchRunner(settings.batch_max_events, settings.batch_max_seconds, self.metrics)
         self.upkeep = Upkeep(settings, self.names, self.app, self.journey,
@@ -144,10 +146,11 @@ class Pipeline:
         self.app.agent(self.spend_topic, name="spend")(self._agent("spend", self.spend.batch))
         self.app.timer(settings.status_interval_seconds)(self.upkeep.status)
         self.app.on_rebalance_complete.connect(self._reschedule)
-        web.install(self, self.app)
+        install_endpoints(self, self.app)
+        routes.install(self, self.app)
 
-    def _build_app(self) -> faust.App:
-        """The Faust app with its topics and the journeys table (the agents come after)."""
+    def _build_app(self) -> tuple[faust.App, JourneyTable]:
+        """The Faust app with its topics, and the journeys table (the agents come after)."""
         s = self.settings
         app = FunnelApp(
             s.app_id,
@@ -175,7 +178,7 @@ class Pipeline:
         self.spend_topic = app.topic(self.names.spend, schema=raw)
         # key_type=bytes: the table's store and its changelog recovery decode
         # keys with the serializer of key_type (json by default), not the schema's.
-        self.journeys = cast(JourneyTable, app.tables.add(JourneyTable(
+        table = cast(JourneyTable, app.tables.add(JourneyTable(
             app,
             name="journeys",
             key_type=bytes,
@@ -196,7 +199,12 @@ class Pipeline:
         # faust-streaming 0.15.3's App.topic drops its maxsize argument.
         for topic in (self.source, self.normalized, self.spend_topic):
             topic.maxsize = ENVELOPE_QUEUE
-        return app
+        return app, table
+
+    @property
+    def journeys(self) -> JourneyTable:
+        """The journeys table (its owner is the journey agent)."""
+        return self.journey.table
 
     def _agent(self, name: str, body: Handle) -> Callable[[StreamT], Any]:
         """The Faust agent function that runs ``body``'s batches."""
@@ -208,17 +216,21 @@ class Pipeline:
         return agent
 
     async def _reschedule(self, *args: Any, **kwargs: Any) -> None:
-        """After a rebalance: decide which source partitions skip `normalized`; follow every local user."""
+        """After a rebalance: decide which source partitions skip `normalized`; follow the local users.
+
+        Local: those of the table partitions this worker is the active one for.
+        """
         s = self.settings
+        active = self.journeys.active_partitions()
         self.ingest.direct = frozenset()
         if s.direct_journeys:
             self.ingest.direct = direct_partitions(
                 self.app.consumer, self.names.normalized, set(self.names.events.values()),
-                s.topic_partitions, self.journeys.active_partitions())
+                s.topic_partitions, active)
         if self.ingest.direct:
             log.info("ingest: events keyed by user id in %d source partitions go straight to the journeys",
                      len(self.ingest.direct))
-        users = self.journey.follow_all(self.journeys.active_partitions())
+        users = self.journey.follow_all(active)
         log.info("journey: following %d users for conversion windows and stalls", users)
 
     # -- what the web server and the tools read (streams.web.endpoints.Worker) -----------------

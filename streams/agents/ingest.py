@@ -46,6 +46,7 @@ class IngestAgent:
 
     def __init__(
         self,
+        *,
         app: AppT,
         decoder: Decoder,
         metrics: FunnelMetrics,
@@ -111,14 +112,14 @@ class IngestAgent:
                 for name in [f.name for f in route_of(funnel, event_type)] or ["none"]:
                     tally.inc(m.child(m.events, name, event_type), events_named)
         delivered = await self.send_normalized(onward)
-        journeys = None
+        applied = None  # what finishes the direct events' journeys
         if direct:
-            journeys = await self.journeys.apply(direct, self.direct_sink,
-                                                  batch_token("journey-direct", direct_envelopes))
+            applied = await self.journeys.apply(direct, self.direct_sink,
+                                                batch_token("journey-direct", direct_envelopes))
 
         async def finish() -> None:
-            if journeys is not None:
-                await journeys()
+            if applied is not None:
+                await applied()
             # Delivered before acknowledged: nothing is lost between topics.
             await asyncio.gather(*pending, *delivered)
             tally.apply()  # once: a batch handled again after a refusal is counted once
@@ -131,7 +132,7 @@ class IngestAgent:
 
 
 def direct_partitions(consumer: Any, normalized: str, sources: Collection[str], partitions: int,
-                  active: Collection[int]) -> frozenset[TP]:
+                      active: Collection[int]) -> frozenset[TP]:
     """The assigned source partitions whose user-keyed events may skip `normalized`.
 
     `normalized` exists so that one user's events meet in one partition

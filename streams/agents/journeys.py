@@ -247,6 +247,11 @@ class JourneyAgent:
                         counts.get((funnel.name, stage, temperature), 0)
                     )
 
+    def take_processed(self) -> int:
+        """Events applied since the last call (for the status line's rate)."""
+        processed, self.processed = self.processed, 0
+        return processed
+
     def follow_all(self, active: Collection[int]) -> int:
         """Follow again, for windows and stalls, every user of the ``active`` table partitions; how many.
 

@@ -61,7 +61,7 @@ class Upkeep:
     async def status(self) -> None:
         await self._check_topics()
         self.journeys.update_stalls()
-        processed, self.journeys.processed = self.journeys.processed, 0
+        processed = self.journeys.take_processed()
         rate = processed / self.settings.status_interval_seconds
         lag = self.consumer_lag()
         log.info("status: %.0f events/s through journeys, consumer lag %s messages, %d rows pending in sinks",

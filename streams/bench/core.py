@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from streams.bench.context import Context
 from streams.bench.kafka import PARTITIONS, event_topics
 from streams.bench.measure import rate
+from streams.faust_adapt.table import changelog_value
 
 
 class _Msg(NamedTuple):
@@ -63,8 +64,6 @@ class _Table(dict[bytes, Any]):
     """Stands for the journeys table: a write costs the changelog record's serialization."""
 
     def __setitem__(self, key: bytes, value: Any) -> None:
-        from streams.faust_adapt.table import changelog_value
-
         changelog_value(value)
         super().__setitem__(key, value)
 
@@ -105,7 +104,7 @@ def stage_core(ctx: Context) -> None:
     pipeline = Pipeline(settings, load_funnels(None), clickhouse=client, database="bench_core",
                         registry=CollectorRegistry())
     table, normalized = _Table(), _Capture()
-    pipeline.journeys = pipeline.journey.table = table  # type: ignore[assignment]
+    pipeline.journey.table = table  # type: ignore[assignment]
 
     async def send_normalized(records: Sequence[tuple[int, bytes | None, bytes | None]]) -> list[Any]:
         normalized.sent.extend((pipeline.names.normalized, key, value or b"") for _, key, value in records)

@@ -86,6 +86,7 @@ class EnvelopeCommitter(EagerConsumer):
 
     def _forget_envelopes(self, tps: Iterable[TP] | None = None) -> None:
         """Replace the envelope logs of ``tps`` (all if None): what they held commits nothing now."""
+        tps = None if tps is None else list(tps)
         for state in self._per_envelope_partition():
             if tps is None:
                 state.clear()

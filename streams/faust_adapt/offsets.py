@@ -17,11 +17,12 @@ read again from there.
 
 On the agents' topics those messages are envelopes (:mod:`streams.faust_adapt.envelopes`):
 one per partition and fetch, committed by the partition's ``EnvelopeLog``
-instead of Faust's acknowledged offsets. Envelopes that Faust's stream
-queues drop when flow control resumes are read again
-(:meth:`RewindingConsumer.reread_dropped`), and so is a partition that is
-behind with nothing handed out for a while (``_reread_idle``). Fetches wait
-at most ``FETCH_MAX_WAIT_MS`` at the broker. Everything here adapts
+(:mod:`streams.faust_adapt.commits`) instead of Faust's acknowledged offsets.
+Envelopes that Faust's stream queues drop when flow control resumes are read
+again (:meth:`RewindingConsumer.reread_dropped`), and so is a partition that
+is behind with nothing handed out for a while (``_reread_idle``). Fetches
+wait at most ``FETCH_MAX_WAIT_MS`` at the broker (:mod:`streams.faust_adapt.endoffsets`).
+Everything here adapts
 faust-streaming 0.15.3 ``Consumer`` internals (pinned in pyproject.toml).
 """
 
@@ -235,11 +236,15 @@ class RewindingConsumer(EnvelopeCommitter):
     async def _refetch(self, tp: TP, first: int, found: int) -> None:
         log.warning("offsets %d-%d of %s[%d] were fetched but not handed out: reading them again",
                     first, found - 1, tp.topic, tp.partition)
-        self._refetching[tp] = first
+        await self._seek_back(tp, first)
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` (a hole there is committed past if it is still there)."""
+        self._refetching[tp] = offset
         try:
-            await self._seek(tp, first)
+            await self._seek(tp, offset)
         except Exception as exc:  # no longer assigned here: a rebalance seeks anyway
-            log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, first, exc)
+            log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, offset, exc)
 
     async def _wait_next_records(self, timeout: float) -> Any:
         # Seek here, before each fetch: a seek while fetched records are
@@ -280,11 +285,7 @@ class RewindingConsumer(EnvelopeCommitter):
             del self._idle_since[tp]
             log.warning("%s[%d] has handed nothing out for %.0f s at offset %d of %d: reading it again "
                         "from there", tp.topic, tp.partition, now - since, want, high)
-            self._refetching[tp] = want
-            try:
-                await self._seek(tp, want)
-            except Exception as exc:  # no longer assigned here: a rebalance seeks anyway
-                log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, want, exc)
+            await self._seek_back(tp, want)
 
     async def _rewind_pending(self) -> None:
         if not self._rewound:  # the usual case: once per fetch, keep it cheap
@@ -351,11 +352,7 @@ class RewindingConsumer(EnvelopeCommitter):
     async def _seek_dropped(self) -> None:
         dropped, self._dropped = self._dropped, {}
         for tp, first in dropped.items():
-            self._refetching[tp] = first
-            try:
-                await self._seek(tp, first)
-            except Exception as exc:  # no longer assigned here: a rebalance seeks anyway
-                log.warning("could not seek %s[%d] back to %d: %s", tp.topic, tp.partition, first, exc)
+            await self._seek_back(tp, first)
 
     def describe(self) -> str:
         """Where each stream partition stands (for a log line when nothing moves)."""

@@ -14,8 +14,7 @@ Adaptations of faust-streaming 0.15.3 internals (pinned in pyproject.toml):
   variable Faust's tables read the partition from.
 
 If Faust changes any of these, tests/unit/streams/faust_adapt/test_table.py
-and tests/unit/streams/agents/test_direct.py (which compares the changelog
-bytes with Faust's own) fail.
+(which compares the changelog bytes and table writes with Faust's own) fails.
 """
 
 from __future__ import annotations
@@ -38,13 +37,16 @@ __all__ = ["ChangelogRecord", "JourneyTable", "changelog_value", "produce_batche
 ChangelogRecord = tuple[int, bytes | None, bytes | None]
 
 
+_dumps = cast(Callable[[Any], bytes], faust_json.dumps)
+
+
 def changelog_value(value: Any) -> bytes:
     """A journey as its changelog record's value: what Faust's "json" codec gives.
 
     faust-streaming 0.15.3's json codec returns ``faust.utils.json.dumps``:
     orjson's bytes when orjson is installed (JourneyTable checks it is).
     """
-    return cast(bytes, faust_json.dumps(value))
+    return _dumps(value)
 
 
 class _Kept:
@@ -127,7 +129,7 @@ class JourneyTable(faust.Table):
             # faust.utils.json.dumps, orjson's bytes when orjson is installed),
             # without their four layers per record: about 3 us per changed
             # user (tests/unit/streams/faust_adapt/test_table.py compares the bytes with Faust's).
-            self._unsent.append((partition, key, changelog_value(value)))
+            self._unsent.append((partition, key, _dumps(value)))
         else:
             topic = cast(faust.Topic, self.changelog_topic)  # Faust's types name the channel's API only
             headers = topic.prepare_headers(None)

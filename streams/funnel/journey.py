@@ -251,7 +251,7 @@ def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> Jou
     result = JourneyResult(False, [], [], [], channel, "new" if purchase else "")
     if entered:
         result.entries.append(new_entry(info.name, stage, stage_index, event["user_id"], ts, channel,
-                                         event_id, new_breakdown(*dims), True))
+                                        event_id, new_breakdown(*dims), True))
     return result
 
 
@@ -309,7 +309,7 @@ def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, 
 def _dropoff(fs: dict[str, Any], info: _Funnel, user: str, stage: str, first: bool = False) -> Dropoff:
     version, dropped_ts, deleted = fs["drops"][stage]
     return new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
-                        dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
+                       dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
 
 
 def _customer(fs: dict[str, Any], event_id: str) -> str:
@@ -364,7 +364,7 @@ def _transition(
     index = info.index
     if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
         return new_transition(info.name, "", to, 0, index.get(to, -1), user, ts, ts, 0.0, channel,
-                               event_id, version, True, fs["dims"][0], False)
+                              event_id, version, True, fs["dims"][0], False)
     from_ts = reached[from_stage][0]
     seconds = (ts - from_ts) / 1000.0
     return new_transition(

@@ -1,16 +1,6 @@
-"""The worker's web server: its endpoints, the page and its JSON API, the SQL guard."""
+"""The worker's web server: its endpoints, the page and its JSON API, the SQL guard.
 
-from __future__ import annotations
-
-from typing import Any
-
-from streams.web import routes
-from streams.web.endpoints import Worker, install_endpoints
-
-__all__ = ["Worker", "install"]
-
-
-def install(worker: Worker, app: Any) -> None:
-    """Register ``/metrics``, ``/health``, ``/sql``, the page and its API on the worker's Faust ``app``."""
-    install_endpoints(worker, app)
-    routes.install(worker, app)
+:func:`streams.web.endpoints.install_endpoints` registers ``/metrics``,
+``/health`` and ``/sql``; :func:`streams.web.routes.install` the page and
+``/api/*``. Both read the worker through :class:`streams.web.endpoints.Worker`.
+"""

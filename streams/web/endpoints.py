@@ -76,19 +76,19 @@ def jsonable(value: Any) -> Any:
 def install_endpoints(worker: Worker, app: Any) -> None:
     """Register ``/metrics``, ``/health`` and ``/sql`` on the Faust ``app``."""
 
-    async def metrics(web: Any, request: Any) -> Any:
+    async def metrics_page(web: Any, request: Any) -> Any:
         # aiohttp wants the charset apart from the content type.
         content_type = CONTENT_TYPE_LATEST.split("; charset=")[0]
         return web.bytes(generate_latest(worker.metrics.registry), content_type=content_type)
 
-    async def health(web: Any, request: Any) -> Any:
+    async def health_page(web: Any, request: Any) -> Any:
         ready = worker.ready
         return web.json(
             {"status": "ok" if ready else "starting", "ready": ready, "app_id": worker.settings.app_id},
             status=200 if ready else 503,
         )
 
-    async def sql(web: Any, request: Any) -> Any:
+    async def sql_page(web: Any, request: Any) -> Any:
         """Read-only SQL for other processes (the embedded engine has one owner)."""
         reader = worker.reader
         if reader is None:
@@ -104,5 +104,5 @@ def install_endpoints(worker: Worker, app: Any) -> None:
         rows = [[jsonable(v) for v in row] for row in result.result_rows]
         return web.json({"columns": list(result.column_names), "rows": rows})
 
-    for path, handler in (("/metrics", metrics), ("/health", health), ("/sql", sql)):
+    for path, handler in (("/metrics", metrics_page), ("/health", health_page), ("/sql", sql_page)):
         app.page(path)(view(handler))
