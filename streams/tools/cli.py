@@ -124,9 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run everything locally: broker, chDB, generator, worker",
                        description="Start the embedded broker (unless FUNNEL_KAFKA_URL is set) and "
                        "chDB under FUNNEL_DATA_DIR (unless FUNNEL_CLICKHOUSE_URL is set), generate "
-                       "traffic, run the worker and print the live funnel. Ctrl-C stops.")
+                       "traffic, run the worker and show the live funnel: redrawn in place on a "
+                       "terminal, as plain blocks otherwise. Logs go to FUNNEL_DATA_DIR/logs. "
+                       "Ctrl-C stops cleanly; a second Ctrl-C stops at once.")
     d.add_argument("--rate", type=float, default=200.0, help="generated events per second")
-    d.add_argument("--refresh", type=float, default=5.0, help="seconds between funnel prints")
+    d.add_argument("--refresh", type=float, default=2.0,
+                   help="seconds between redraws (without a terminal: between blocks, at least 5)")
+    d.add_argument("--snapshot", type=Path, default=None,
+                   help="also write what the view shows to this JSON file at each refresh "
+                   "(python -m streams.tools.demoview lays it out again)")
     return p
 
 
@@ -373,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from streams.tools.demo import run_demo
 
-            return run_demo(settings, rate=args.rate, refresh=args.refresh)
+            return run_demo(settings, rate=args.rate, refresh=args.refresh, snapshot=args.snapshot)
     except (FunnelConfigError, SinkConfigError, ValueError) as exc:
         print(f"funnel {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import faust
 import prometheus_client
@@ -72,14 +74,33 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, whose second Ctrl-C stops the process at once (the first stops it cleanly)."""
+
+    _interrupts = 0
+
+    def _on_sigint(self) -> None:
+        self._interrupts += 1
+        if self._interrupts == 1:
+            super()._on_sigint()
+        else:
+            log.warning("second interrupt: stopping now, without a clean shutdown")
+            os._exit(130)
+
+
 def run_worker(
     settings: Settings,
     *,
     funnels: FunnelsConfig | None = None,
     customize: Callable[[Pipeline], None] | None = None,
     quiet: bool = False,
+    logfile: Path | None = None,
 ) -> int:
-    """Run until stopped (SIGINT/SIGTERM). Returns the exit code."""
+    """Run until stopped (SIGINT/SIGTERM; a second SIGINT stops at once). Returns the exit code.
+
+    ``logfile``: the worker's log goes there (at ``FUNNEL_LOG_LEVEL``), and
+    nothing of Faust's goes to the terminal (no banner, no redirected prints).
+    """
     funnels = funnels or load_funnels(settings.funnels_file)
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     target = clickhouse_target(settings)
@@ -106,7 +127,10 @@ def run_worker(
     if target.interface == "chdb":
         web = f"http://{settings.web_host}:{settings.web_port}"
         owner_file.write_text(json.dumps({"web": web, "pid": os.getpid(), "chdb": target.path}))
-    worker = faust.Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet)
+    logs: dict[str, Any] = {}
+    if logfile is not None:
+        logs = {"logfile": str(logfile), "redirect_stdouts": False}
+    worker = _Worker(pipeline.app, loop=loop, loglevel=settings.log_level, quiet=quiet, **logs)
     tune_gc()
     pipeline.runner.collector = BatchCollector()
     # No `<counter>_created` series: one per counter series, read by no dashboard or alert
