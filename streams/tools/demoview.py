@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
+import os
 import re
 import sys
 import time
@@ -329,7 +331,10 @@ class DemoView:
             self._live = Live(console=self._console, auto_refresh=False, redirect_stdout=False,
                               redirect_stderr=False, transient=False)
             self._live.start()
-        width, height = self._console.size
+        try:  # the terminal itself: rich asks the standard streams, which the demo sends to a log
+            width, height = os.get_terminal_size(self.out.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            width, height = self._console.size
         assert self._live is not None
         self._live.update(styled(layout(snap, width, height)), refresh=True)
 
