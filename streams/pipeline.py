@@ -45,6 +45,7 @@ from streams.faust_adapt.lag import consumer_lag
 from streams.faust_adapt.table import JourneyTable
 from streams.funnel.lifecycle import StallTracker
 from streams.funnel.routing import routes_for
+from streams.kafka_security import faust_credentials
 from streams.settings import Settings, split_brokers
 from streams.topics import TopicNames
 from streams.web import routes
@@ -170,6 +171,7 @@ class Pipeline:
             broker_session_timeout=s.kafka_session_timeout_seconds,
             broker_heartbeat_interval=min(3.0, s.kafka_session_timeout_seconds / 3),
             autodiscover=False,
+            broker_credentials=faust_credentials(s),
         )
         raw = RawSchema()
         self.source = app.topic(*self.names.events.values(), schema=raw)

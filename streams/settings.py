@@ -6,16 +6,32 @@ same. Secrets are ``SecretStr`` and ``str(settings)`` masks them.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import FunnelConfigError, FunnelsConfig, default_config
 
 __all__ = ["Settings", "load_funnels", "split_brokers"]
+
+
+#: Secret settings: each also read from the file ``FUNNEL_<NAME>_FILE`` names.
+SECRET_FIELDS = ("clickhouse_url", "email_hash_key", "kafka_sasl_password")
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -31,6 +47,30 @@ class Settings(BaseSettings):
         10.0, ge=3, description="FUNNEL_KAFKA_SESSION_TIMEOUT_SECONDS: consumer session timeout; "
         "a dead worker's partitions move after this (the embedded broker also waits half of it "
         "before a group's first assignment)."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="FUNNEL_KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="FUNNEL_KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="FUNNEL_KAFKA_SASL_USERNAME: SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="FUNNEL_KAFKA_SASL_PASSWORD: SASL password (or FUNNEL_KAFKA_SASL_PASSWORD_FILE)."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="FUNNEL_KAFKA_SSL_CAFILE: CA bundle (PEM) the brokers' certificates are checked "
+        "against; unset: the system's."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="FUNNEL_KAFKA_SSL_CERTFILE: client certificate (PEM), for brokers that ask for one."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="FUNNEL_KAFKA_SSL_KEYFILE: the client certificate's private key (PEM)."
+    )
+    kafka_allow_sasl_plaintext: bool = Field(
+        False, description="FUNNEL_KAFKA_ALLOW_SASL_PLAINTEXT: allow SASL_PLAINTEXT to a broker that is "
+        "not on this machine (the password crosses the network readable)."
     )
     clickhouse_url: SecretStr | None = Field(
         None, description="FUNNEL_CLICKHOUSE_URL: http(s)://user:pass@host:port/db for a server, "
@@ -120,6 +160,64 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="FUNNEL_LOG_LEVEL: crit, error, warn, info, debug.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        """``FUNNEL_<SECRET>_FILE`` names a file holding the secret (Docker and Kubernetes secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for field in SECRET_FIELDS:
+            variable = f"FUNNEL_{field.upper()}"
+            path = os.environ.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if data.get(field) is not None:
+                raise ValueError(f"{variable} and {variable}_FILE are both set: set one")
+            try:
+                data[field] = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{variable}_FILE: cannot read {path}: {exc.strerror}") from None
+        return data
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """Security settings that cannot work fail here, naming the setting."""
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+                if getattr(self, field) is None:
+                    raise ValueError(f"FUNNEL_{field.upper()} is required with "
+                                     f"FUNNEL_KAFKA_SECURITY_PROTOCOL={protocol}")
+        else:
+            for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"FUNNEL_{field.upper()} is set, but FUNNEL_KAFKA_SECURITY_PROTOCOL="
+                                     f"{protocol} uses no SASL (SASL_PLAINTEXT or SASL_SSL do)")
+        for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, field)
+            if path is None:
+                continue
+            if not protocol.endswith("SSL"):
+                raise ValueError(f"FUNNEL_{field.upper()} is set, but FUNNEL_KAFKA_SECURITY_PROTOCOL="
+                                 f"{protocol} uses no TLS (SSL or SASL_SSL do)")
+            if not path.is_file():
+                raise ValueError(f"FUNNEL_{field.upper()}: {path} is not a readable file")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("FUNNEL_KAFKA_SSL_KEYFILE is set without FUNNEL_KAFKA_SSL_CERTFILE")
+        if protocol == "SASL_PLAINTEXT" and self.kafka_url and not self.kafka_allow_sasl_plaintext:
+            remote = [h for h in split_brokers(self.kafka_url) if not _loopback(h.rsplit(":", 1)[0])]
+            if remote:
+                raise ValueError(f"FUNNEL_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT would send the password "
+                                 f"readable to {', '.join(remote)}: use SASL_SSL, or set "
+                                 "FUNNEL_KAFKA_ALLOW_SASL_PLAINTEXT=true")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -146,6 +244,7 @@ class Settings(BaseSettings):
         else:
             fields["clickhouse_url"] = url
         fields["email_hash_key"] = "***" if self.email_hash_key else None
+        fields["kafka_sasl_password"] = "***" if self.kafka_sasl_password else None
         return " ".join(f"{k}={v}" for k, v in fields.items())
 
 

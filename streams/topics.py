@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from murmurhash2 import murmurhash2
 
 from schemas import EVENT_TYPES
+from streams.kafka_security import client_options
 from streams.settings import Settings, split_brokers
 
 __all__ = ["TopicNames", "ensure_topics", "partition_of"]
@@ -67,7 +68,8 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0, extra: Sequen
         raise RuntimeError("FUNNEL_KAFKA_URL is not set")
     names = [*TopicNames(settings).all, *extra]
     deadline = asyncio.get_running_loop().time() + timeout
-    admin = AIOKafkaAdminClient(bootstrap_servers=split_brokers(settings.kafka_url))
+    admin = AIOKafkaAdminClient(bootstrap_servers=split_brokers(settings.kafka_url),
+                                **client_options(settings))
     while True:
         try:
             await admin.start()

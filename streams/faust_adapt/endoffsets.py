@@ -77,10 +77,14 @@ async def read_end_offsets(consumer: AIOKafkaConsumer, tps: Iterable[Any],
     return ends
 
 
-async def end_offsets(bootstrap_servers: str | list[str], tps: Iterable[Any]) -> dict[Any, int]:
-    """The next offset of every partition in ``tps`` (a throwaway consumer, no group)."""
+async def end_offsets(bootstrap_servers: str | list[str], tps: Iterable[Any],
+                      **options: Any) -> dict[Any, int]:
+    """The next offset of every partition in ``tps`` (a throwaway consumer, no group).
+
+    ``options``: more keyword arguments of the consumer (TLS and SASL).
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **options)
     await consumer.start()
     try:
         return await read_end_offsets(consumer, tps)
@@ -106,6 +110,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return await super()._highwaters(partitions)
         transport = cast(faust_aiokafka.Transport, self.transport)
         servers = faust_aiokafka.server_list(transport.url, transport.default_port)
+        conf = transport.app.conf  # the worker's own TLS and SASL, as Faust's clients get them
+        auth = faust_aiokafka.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context)
         ends = await end_offsets(servers, [faust_aiokafka.TopicPartition(tp.topic, tp.partition)
-                                           for tp in partitions])
+                                           for tp in partitions], **auth)
         return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}

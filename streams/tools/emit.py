@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import EVENT_TYPES, Decoder, InvalidEvent
+from streams.kafka_security import client_options
 from streams.settings import Settings, split_brokers
 
 __all__ = ["EmitError", "SendError", "build_event", "parse_json", "plain_words", "send", "validate"]
@@ -123,7 +124,7 @@ async def send(
         raise SendError("FUNNEL_KAFKA_URL is not set (e.g. kafka://localhost:9092)")
     producer = AIOKafkaProducer(
         bootstrap_servers=split_brokers(settings.kafka_url), acks="all", request_timeout_ms=timeout_ms,
-        enable_idempotence=False,
+        enable_idempotence=False, **client_options(settings),
     )
     try:
         await producer.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,86 @@ def test_rocksdb_bounds_reach_the_journeys_table(env: pytest.MonkeyPatch, tmp_pa
     assert tables["rocksdb://"] == {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2,
                                     "block_cache_size": 16 << 20}
     assert tables["memory://"] is None
+
+
+# -- secrets from files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["CLICKHOUSE_URL", "KAFKA_SASL_PASSWORD", "EMAIL_HASH_KEY"])
+def test_a_secret_comes_from_the_variable_or_its_file_not_both(
+        env: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    secret = "http://u:s3cret@ch:8123/db" if name == "CLICKHOUSE_URL" else "s3cret"
+    sasl = {"FUNNEL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "FUNNEL_KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "FUNNEL_KAFKA_SASL_USERNAME": "funnel"} if name == "KAFKA_SASL_PASSWORD" else {}
+    for key, value in sasl.items():
+        env.setenv(key, value)
+    field = name.lower()
+    if name == "KAFKA_SASL_PASSWORD":  # the other forms need a password too
+        env.setenv("FUNNEL_KAFKA_SASL_PASSWORD", secret)
+    else:
+        env.setenv(f"FUNNEL_{name}", secret)
+    assert getattr(Settings(), field).get_secret_value() == secret
+    env.delenv(f"FUNNEL_{name}")
+    path = tmp_path / "secret"
+    path.write_text(secret + "\n")  # as `echo` writes it: the newline is not part of the secret
+    env.setenv(f"FUNNEL_{name}_FILE", str(path))
+    s = Settings()
+    assert getattr(s, field).get_secret_value() == secret
+    assert "s3cret" not in str(s) and "s3cret" not in repr(s)
+    env.setenv(f"FUNNEL_{name}", secret)
+    with pytest.raises(ValidationError, match=f"FUNNEL_{name} and FUNNEL_{name}_FILE are both set"):
+        Settings()
+    env.delenv(f"FUNNEL_{name}")
+    env.setenv(f"FUNNEL_{name}_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match=f"FUNNEL_{name}_FILE: cannot read .*missing"):
+        Settings()
+
+
+# -- Kafka security -----------------------------------------------------------------------------
+
+
+def _kafka(env: pytest.MonkeyPatch, **values: str) -> Settings:
+    for key, value in values.items():
+        env.setenv(f"FUNNEL_KAFKA_{key.upper()}", value)
+    return Settings()
+
+
+def test_sasl_needs_a_mechanism_a_user_and_a_password(env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SASL_MECHANISM is required with "
+                                              "FUNNEL_KAFKA_SECURITY_PROTOCOL=SASL_SSL"):
+        _kafka(env, security_protocol="sasl_ssl")
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SASL_USERNAME is required"):
+        _kafka(env, sasl_mechanism="SCRAM-SHA-512")
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SASL_PASSWORD is required"):
+        _kafka(env, sasl_username="funnel")
+    s = _kafka(env, sasl_password="pw")
+    assert (s.kafka_security_protocol, s.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+
+
+def test_settings_for_another_protocol_are_refused_by_name(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SASL_MECHANISM is set, but "
+                                              "FUNNEL_KAFKA_SECURITY_PROTOCOL=PLAINTEXT uses no SASL"):
+        _kafka(env, sasl_mechanism="PLAIN")
+    env.delenv("FUNNEL_KAFKA_SASL_MECHANISM")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SSL_CAFILE is set, but "
+                                              "FUNNEL_KAFKA_SECURITY_PROTOCOL=PLAINTEXT uses no TLS"):
+        _kafka(env, ssl_cafile=str(ca))
+    with pytest.raises(ValidationError, match=r"FUNNEL_KAFKA_SSL_CAFILE: .*nothing\.pem is not a readable"):
+        _kafka(env, security_protocol="SSL", ssl_cafile=str(tmp_path / "nothing.pem"))
+    with pytest.raises(ValidationError, match="FUNNEL_KAFKA_SSL_KEYFILE is set without FUNNEL_KAFKA_SSL"):
+        _kafka(env, ssl_cafile=str(ca), ssl_keyfile=str(ca))
+    with pytest.raises(ValidationError, match="kafka_security_protocol\n  Input should be 'PLAINTEXT'"):
+        _kafka(env, security_protocol="TLS")
+
+
+def test_sasl_over_plaintext_to_another_machine_needs_an_explicit_yes(env: pytest.MonkeyPatch) -> None:
+    sasl = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u",
+            "sasl_password": "p"}
+    assert _kafka(env, url="kafka://127.0.0.1:9092,localhost:9093,[::1]:9094", **sasl)
+    with pytest.raises(ValidationError, match=re.escape(
+            "would send the password readable to k1.example:9092: use SASL_SSL, or set "
+            "FUNNEL_KAFKA_ALLOW_SASL_PLAINTEXT=true")):
+        _kafka(env, url="kafka://127.0.0.1:9092,k1.example:9092")
+    assert _kafka(env, allow_sasl_plaintext="true").kafka_allow_sasl_plaintext
