@@ -9,14 +9,20 @@ come from the same ``FUNNEL_KAFKA_*`` settings, checked when they are read
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
 
-from streams.settings import Settings
+from streams.settings import Settings, split_brokers
 
-__all__ = ["client_options", "faust_credentials", "ssl_context"]
+__all__ = ["KafkaSecurityError", "check_tls", "client_options", "faust_credentials", "ssl_context"]
+
+
+class KafkaSecurityError(ValueError):
+    """The brokers and the TLS settings do not agree: a command cannot work until they are changed."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -59,3 +65,38 @@ def faust_credentials(settings: Settings) -> Any:
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(username=settings.kafka_sasl_username, password=_password(settings),
                                  ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+
+
+async def check_tls(settings: Settings, timeout: float = 10.0) -> None:
+    """One TLS handshake with the first bootstrap broker that answers, before any Kafka client starts.
+
+    A certificate the settings cannot verify (a wrong CA file, a host name the
+    certificate does not name) or a broker that speaks no TLS raises
+    :class:`KafkaSecurityError` at once, with the reason and the settings to
+    look at: aiokafka would only log it and retry its bootstrap. Brokers that
+    do not answer are left to the caller's own retries.
+    """
+    context = ssl_context(settings)
+    if context is None or not settings.kafka_url:
+        return
+    for broker in split_brokers(settings.kafka_url):
+        host, _, port = broker.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port), ssl=context), timeout)
+        except ssl.SSLCertVerificationError as exc:
+            trusted = settings.kafka_ssl_cafile or "the system's CA certificates"
+            raise KafkaSecurityError(
+                f"TLS to {broker}: certificate verify failed: {exc.verify_message}. The broker's "
+                f"certificate is not signed by a CA in FUNNEL_KAFKA_SSL_CAFILE ({trusted}), or does not "
+                f"name {host}") from None
+        except ssl.SSLError as exc:
+            raise KafkaSecurityError(
+                f"TLS to {broker} failed: {exc}. Does the broker speak TLS on this port? "
+                "(FUNNEL_KAFKA_SECURITY_PROTOCOL, FUNNEL_KAFKA_SSL_*)") from None
+        except (OSError, TimeoutError):
+            continue  # not answering: the client's own bootstrap retries and reports it
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+        return

@@ -26,10 +26,13 @@ class EmbeddedBrokerError(RuntimeError):
 class EmbeddedBroker:
     """Runs ``tansu broker`` on a loopback port as a child process."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file: Path | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file: Path | None = None,
+                 advertised: str | None = None) -> None:
+        """``advertised``: the host:port clients are told to use (a proxy in front); default its own."""
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file
+        self.advertised = advertised or f"{host}:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +52,7 @@ class EmbeddedBroker:
         try:
             self._proc = subprocess.Popen(
                 [binary, "broker", "--listener-url", listener, "--advertised-listener-url",
-                 listener, "--storage-engine", "memory://tansu/"],
+                 f"tcp://{self.advertised}", "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 # Own session: a Ctrl-C meant for the worker must not kill the
                 # broker before the worker has committed and stopped.

@@ -140,13 +140,14 @@ def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | 
     return asyncio.run(run())
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0,
+                **consumer_options: Any) -> list[Any]:
     """Read ``topic`` from the beginning until ``expected`` records arrived (or timeout)."""
 
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
             topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None,
+            enable_auto_commit=False, group_id=None, **consumer_options,
         )
         await consumer.start()
         records: list[Any] = []

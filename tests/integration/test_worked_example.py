@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,11 @@ def _t0() -> int:
 
 
 def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
+    run_worked_example(worker, pipeline_env)
+
+
+def run_worked_example(worker: Worker, pipeline_env: dict[str, str], **kafka: Any) -> None:
+    """Send the worked example through ``worker``; check every count. ``kafka``: client options (TLS)."""
     prefix = pipeline_env["FUNNEL_TOPIC_PREFIX"]
     bootstrap = pipeline_env["FUNNEL_KAFKA_URL"].removeprefix("kafka://")
     t0 = _t0()
@@ -71,15 +77,15 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
         if stage == "purchase":  # u0 buys again: revenue, not a new entry
             _, _, body = event("purchase", "u0", t0 + 5 * GAP, amount="10.00", currency="EUR")
             messages.append((f"{prefix}purchase", b"u0", body))
-        n_sent = produce(bootstrap, messages)
+        n_sent = produce(bootstrap, messages, **kafka)
         wait_until(lambda s=stage, n=n_sent: worker.metric_sum(
             "funnel_events_total", event_type=s) >= n, 60, f"{stage} events consumed")
 
     # Duplicates (same bytes, same event_id) and malformed messages.
     duplicates = [(f"{prefix}visit", None, body) for body in sent["visit"][:30]]
     duplicates += [(f"{prefix}purchase", None, body) for body in sent["purchase"][:5]]
-    produce(bootstrap, duplicates)
-    produce(bootstrap, [(f"{prefix}{topic}", None, raw) for topic, raw, _ in MALFORMED])
+    produce(bootstrap, duplicates, **kafka)
+    produce(bootstrap, [(f"{prefix}{topic}", None, raw) for topic, raw, _ in MALFORMED], **kafka)
     wait_until(lambda: worker.metric_sum("funnel_duplicate_events_total") >= 35, 60, "duplicates")
     wait_until(lambda: worker.metric_sum("funnel_invalid_events_total") >= len(MALFORMED), 60,
                "malformed messages dead-lettered")
@@ -149,7 +155,7 @@ def test_worked_example(worker: Worker, pipeline_env: dict[str, str]) -> None:
         assert m("funnel_invalid_events_total", reason=reason) == 1, reason
 
     # --- dead-letter topic: reason header and the original bytes ----------------------------
-    records = consume_all(bootstrap, f"{prefix}dead-letter", len(MALFORMED))
+    records = consume_all(bootstrap, f"{prefix}dead-letter", len(MALFORMED), **kafka)
     got = sorted((dict(r.headers)["reason"].decode(), r.value) for r in records)
     assert got == sorted((reason, raw) for _, raw, reason in MALFORMED)
 

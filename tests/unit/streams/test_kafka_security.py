@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from pathlib import Path
@@ -10,8 +11,15 @@ import faust
 import pytest
 import trustme
 
-from streams.kafka_security import client_options, faust_credentials, ssl_context
+from streams.kafka_security import (
+    KafkaSecurityError,
+    check_tls,
+    client_options,
+    faust_credentials,
+    ssl_context,
+)
 from streams.settings import Settings
+from streams.tools.netutil import free_port
 
 
 @pytest.fixture
@@ -61,3 +69,51 @@ def test_sasl_ssl_gives_the_same_user_to_faust_and_aiokafka(env: pytest.MonkeyPa
                      kafka_sasl_username="funnel", kafka_sasl_password="pw")
     assert "ssl_context" not in client_options(plain)
     assert faust_credentials(plain).protocol.value == "SASL_PLAINTEXT"
+
+
+def test_check_tls_names_the_reason_and_the_setting(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One handshake before any client starts: a wrong CA, a wrong host name, no TLS at all."""
+    ca, other = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+
+    async def check(url: str, cafile: str) -> str:
+        settings = Settings(kafka_url=url, kafka_security_protocol="SSL", kafka_ssl_cafile=tmp_path / cafile)
+        try:
+            await check_tls(settings, timeout=5)
+        except KafkaSecurityError as exc:
+            return str(exc)
+        return "ok"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def plaintext(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(5)  # a TLS hello read as a Kafka request: an answer that is no TLS
+        writer.write(b"\x00\x00\x00\x08" + bytes(8))
+        await writer.drain()
+        writer.close()
+
+    async def run() -> list[str]:
+        tls = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server)
+        plain = await asyncio.start_server(plaintext, "127.0.0.1", 0)
+        port, plain_port = tls.sockets[0].getsockname()[1], plain.sockets[0].getsockname()[1]
+        unused = free_port()
+        try:
+            return [await check(f"kafka://localhost:{port}", "ca.pem"),
+                    await check(f"kafka://localhost:{port}", "other.pem"),
+                    await check(f"kafka://127.0.0.1:{port}", "ca.pem"),
+                    await check(f"kafka://localhost:{plain_port}", "ca.pem"),
+                    await check(f"kafka://localhost:{unused},localhost:{port}", "ca.pem")]
+        finally:
+            tls.close()
+            plain.close()
+
+    good, wrong_ca, wrong_host, no_tls, first_down = asyncio.run(run())
+    assert good == "ok" and first_down == "ok"  # a broker that does not answer is the client's business
+    assert "certificate verify failed: unable to get local issuer certificate" in wrong_ca
+    assert f"FUNNEL_KAFKA_SSL_CAFILE ({tmp_path / 'other.pem'})" in wrong_ca
+    assert "IP address mismatch" in wrong_host and "does not name 127.0.0.1" in wrong_host
+    assert "Does the broker speak TLS on this port?" in no_tls
