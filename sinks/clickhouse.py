@@ -150,6 +150,7 @@ class ClickHouseTarget:
     port: int = 0
     username: str = "default"
     password: str = field(default="", repr=False)
+    ca_file: str = ""  # https: the CA bundle the server's certificate is checked against
 
     def __str__(self) -> str:
         if self.interface == "chdb":
@@ -157,16 +158,20 @@ class ClickHouseTarget:
         return f"{self.interface}://{self.username}:***@{self.host}:{self.port}/{self.database}"
 
 
-def parse_clickhouse_url(url: str, default_database: str = "funnel") -> ClickHouseTarget:
+def parse_clickhouse_url(url: str, default_database: str = "funnel", ca_file: str = "") -> ClickHouseTarget:
     """Parse ``FUNNEL_CLICKHOUSE_URL``.
 
     ``chdb:///abs/path`` (or ``chdb://rel/path``) selects the embedded engine;
     ``http(s)://user:pass@host:port/db`` a server. ``?database=NAME`` works for
-    both; the URL path names the database of a server.
+    both; the URL path names the database of a server. ``ca_file``
+    (``FUNNEL_CLICKHOUSE_CA_FILE``) is for https only.
     """
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     database = (query.get("database") or [""])[0]
+    if ca_file and parts.scheme != "https":
+        raise SinkConfigError(f"FUNNEL_CLICKHOUSE_CA_FILE is set, but the ClickHouse URL is "
+                              f"{parts.scheme}://: a CA file is for https:// only")
     if parts.scheme == "chdb":
         path = unquote(parts.netloc + parts.path)
         if not path:
@@ -188,6 +193,7 @@ def parse_clickhouse_url(url: str, default_database: str = "funnel") -> ClickHou
             port=port,
             username=unquote(parts.username or "default"),
             password=unquote(parts.password or ""),
+            ca_file=ca_file,
         )
     raise SinkConfigError(
         f"ClickHouse URL {url.split('@')[-1]!r}: scheme must be http, https or chdb"
@@ -204,6 +210,7 @@ def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
     if target.interface == "chdb":
         Path(target.path).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", settings=settings)
+    tls: dict[str, Any] = {"ca_cert": target.ca_file} if target.ca_file else {}
     return clickhouse_connect.get_client(
         interface=target.interface,
         host=target.host,
@@ -213,6 +220,7 @@ def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
         settings=settings,
         connect_timeout=10,
         send_receive_timeout=60,
+        **tls,
     )
 
 

@@ -21,7 +21,7 @@ __all__ = ["Settings", "load_funnels", "split_brokers"]
 
 
 #: Secret settings: each also read from the file ``FUNNEL_<NAME>_FILE`` names.
-SECRET_FIELDS = ("clickhouse_url", "email_hash_key", "kafka_sasl_password")
+SECRET_FIELDS = ("clickhouse_url", "clickhouse_reader_url", "email_hash_key", "kafka_sasl_password")
 
 
 def _loopback(host: str) -> bool:
@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     clickhouse_url: SecretStr | None = Field(
         None, description="FUNNEL_CLICKHOUSE_URL: http(s)://user:pass@host:port/db for a server, "
         "chdb:///path for the embedded engine. Unset in `funnel demo`: chdb under FUNNEL_DATA_DIR."
+    )
+    clickhouse_reader_url: SecretStr | None = Field(
+        None, description="FUNNEL_CLICKHOUSE_READER_URL: a read-only ClickHouse user for /sql, the page, its "
+        "API, `funnel sql` and `funnel report`; unset: FUNNEL_CLICKHOUSE_URL's user, in a readonly session."
+    )
+    clickhouse_ca_file: Path | None = Field(
+        None, description="FUNNEL_CLICKHOUSE_CA_FILE: CA bundle (PEM) an https:// ClickHouse's certificate "
+        "is checked against; unset: the system's."
     )
     clickhouse_database: str = Field(
         "funnel", description="FUNNEL_CLICKHOUSE_DATABASE: database when the URL names none."
@@ -208,6 +216,8 @@ class Settings(BaseSettings):
                                  f"{protocol} uses no TLS (SSL or SASL_SSL do)")
             if not path.is_file():
                 raise ValueError(f"FUNNEL_{field.upper()}: {path} is not a readable file")
+        if self.clickhouse_ca_file is not None and not self.clickhouse_ca_file.is_file():
+            raise ValueError(f"FUNNEL_CLICKHOUSE_CA_FILE: {self.clickhouse_ca_file} is not a readable file")
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("FUNNEL_KAFKA_SSL_KEYFILE is set without FUNNEL_KAFKA_SSL_CERTFILE")
         if protocol == "SASL_PLAINTEXT" and self.kafka_url and not self.kafka_allow_sasl_plaintext:
@@ -237,12 +247,14 @@ class Settings(BaseSettings):
 
     def __str__(self) -> str:
         fields: dict[str, Any] = self.model_dump()
-        url = self.clickhouse_url.get_secret_value() if self.clickhouse_url else None
-        if url and "@" in url:
-            scheme, rest = url.split("://", 1)
-            fields["clickhouse_url"] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-        else:
-            fields["clickhouse_url"] = url
+        for name in ("clickhouse_url", "clickhouse_reader_url"):
+            secret = getattr(self, name)
+            url = secret.get_secret_value() if secret else None
+            if url and "@" in url:
+                scheme, rest = url.split("://", 1)
+                fields[name] = f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+            else:
+                fields[name] = url
         fields["email_hash_key"] = "***" if self.email_hash_key else None
         fields["kafka_sasl_password"] = "***" if self.kafka_sasl_password else None
         return " ".join(f"{k}={v}" for k, v in fields.items())

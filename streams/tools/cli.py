@@ -223,7 +223,11 @@ def _read(
             return answer
         if url is None:
             url = f"chdb://{(settings.data_dir / 'chdb').resolve()}"
-    target = parse_clickhouse_url(url, settings.clickhouse_database)
+        target = parse_clickhouse_url(url, settings.clickhouse_database)
+    else:  # a server: the read-only user if there is one
+        from streams.tools.worker import clickhouse_target
+
+        target = clickhouse_target(settings, reader=True)
     try:
         return direct(connect(target, readonly=True), target.database)
     except Exception as exc:

@@ -28,14 +28,21 @@ __all__ = ["open_clickhouse", "run_worker"]
 log = logging.getLogger("funnel.worker")
 
 
-def clickhouse_target(settings: Settings) -> ClickHouseTarget:
+def clickhouse_target(settings: Settings, *, reader: bool = False) -> ClickHouseTarget:
+    """Where the sinks write; with ``reader``, what /sql, the page and the reports read.
+
+    The reader is ``FUNNEL_CLICKHOUSE_READER_URL`` when set, else the writer's URL
+    (always used in a readonly session).
+    """
     if settings.clickhouse_url is None:
         raise ValueError(
             "FUNNEL_CLICKHOUSE_URL is not set (http://user:pass@host:8123/funnel or chdb:///path)"
         )
-    return parse_clickhouse_url(
-        settings.clickhouse_url.get_secret_value(), settings.clickhouse_database
-    )
+    url = settings.clickhouse_url
+    if reader and settings.clickhouse_reader_url is not None:
+        url = settings.clickhouse_reader_url
+    ca_file = str(settings.clickhouse_ca_file) if settings.clickhouse_ca_file else ""
+    return parse_clickhouse_url(url.get_secret_value(), settings.clickhouse_database, ca_file)
 
 
 def open_clickhouse(
@@ -108,7 +115,7 @@ def run_worker(
     asyncio.set_event_loop(loop)
     created = loop.run_until_complete(ensure_topics(settings))
     client = open_clickhouse(target, funnels)
-    reader = connect(target, readonly=True)
+    reader = connect(clickhouse_target(settings, reader=True), readonly=True)
     pipeline = Pipeline(
         settings, funnels, clickhouse=client, database=target.database, reader=reader
     )

@@ -393,3 +393,22 @@ print("pandas" in sys.modules)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_a_private_ca_reaches_the_https_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sinks import clickhouse as clickhouse_module
+    from sinks.clickhouse import connect
+
+    target = parse_clickhouse_url("https://w:pw@ch.internal:8443/funnel", ca_file="/etc/funnel/ch-ca.pem")
+    assert target.ca_file == "/etc/funnel/ch-ca.pem" and "ch-ca" not in str(target).split("@")[0]
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(clickhouse_module.clickhouse_connect, "get_client", lambda **kw: seen.update(kw))
+    connect(target, readonly=True)
+    assert (seen["interface"], seen["ca_cert"], seen["settings"]) == ("https", "/etc/funnel/ch-ca.pem",
+                                                                      {"readonly": 1})
+    seen.clear()
+    connect(parse_clickhouse_url("https://w:pw@ch.internal:8443/funnel"))
+    assert "ca_cert" not in seen  # the system's CAs
+    with pytest.raises(SinkConfigError, match="FUNNEL_CLICKHOUSE_CA_FILE is set, but the ClickHouse URL is "
+                                              "http://"):
+        parse_clickhouse_url("http://ch:8123/funnel", ca_file="/etc/funnel/ch-ca.pem")

@@ -132,10 +132,11 @@ def test_rocksdb_bounds_reach_the_journeys_table(env: pytest.MonkeyPatch, tmp_pa
 # -- secrets from files -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["CLICKHOUSE_URL", "KAFKA_SASL_PASSWORD", "EMAIL_HASH_KEY"])
+@pytest.mark.parametrize("name", ["CLICKHOUSE_URL", "CLICKHOUSE_READER_URL", "KAFKA_SASL_PASSWORD",
+                                  "EMAIL_HASH_KEY"])
 def test_a_secret_comes_from_the_variable_or_its_file_not_both(
         env: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
-    secret = "http://u:s3cret@ch:8123/db" if name == "CLICKHOUSE_URL" else "s3cret"
+    secret = "http://u:s3cret@ch:8123/db" if name.startswith("CLICKHOUSE") else "s3cret"
     sasl = {"FUNNEL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "FUNNEL_KAFKA_SASL_MECHANISM": "scram-sha-512",
             "FUNNEL_KAFKA_SASL_USERNAME": "funnel"} if name == "KAFKA_SASL_PASSWORD" else {}
     for key, value in sasl.items():
