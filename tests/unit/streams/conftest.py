@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,15 @@ from prometheus_client import CollectorRegistry
 from streams.pipeline import Pipeline
 from streams.settings import Settings, load_funnels
 from tests.unit.streams.fakes import RecordingClient
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A monkeypatch with every FUNNEL_* variable of the machine removed."""
+    for name in list(os.environ):
+        if name.startswith("FUNNEL_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from streams.kafka_security import (
 )
 from streams.settings import Settings
 from streams.tools.netutil import free_port
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(os.environ):
-        if name.startswith("FUNNEL_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def test_plaintext_by_default(env: pytest.MonkeyPatch) -> None:

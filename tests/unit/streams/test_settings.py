@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,15 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from streams.settings import Settings, split_brokers
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A monkeypatch with every FUNNEL_* variable of the machine removed."""
-    for name in list(os.environ):
-        if name.startswith("FUNNEL_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def test_defaults_without_environment(env: pytest.MonkeyPatch) -> None:
