@@ -10,15 +10,21 @@ come from the same ``FUNNEL_KAFKA_*`` settings, checked when they are read
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import Any
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from streams.settings import Settings, split_brokers
 
-__all__ = ["KafkaSecurityError", "check_tls", "client_options", "faust_credentials", "ssl_context"]
+__all__ = ["KafkaSecurityError", "check_connection", "client_options", "faust_credentials", "ssl_context"]
 
 
 class KafkaSecurityError(ValueError):
@@ -67,23 +73,27 @@ def faust_credentials(settings: Settings) -> Any:
                                  ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
 
 
-async def check_tls(settings: Settings, timeout: float = 10.0) -> None:
-    """One TLS handshake with the first bootstrap broker that answers, before any Kafka client starts.
+async def check_connection(settings: Settings, timeout: float = 10.0) -> None:
+    """Connect once to the first bootstrap broker that answers, as the clients will, before any starts.
 
-    A certificate the settings cannot verify (a wrong CA file, a host name the
-    certificate does not name) or a broker that speaks no TLS raises
+    The TLS handshake and the SASL authentication are those of every client
+    (:func:`client_options`). A certificate the settings cannot verify (a
+    wrong CA file, a host name the certificate does not name), a broker that
+    speaks no TLS, or credentials the broker refuses raise
     :class:`KafkaSecurityError` at once, with the reason and the settings to
-    look at: aiokafka would only log it and retry its bootstrap. Brokers that
-    do not answer are left to the caller's own retries.
+    look at: aiokafka alone only logs them and retries its bootstrap until it
+    gives up. Brokers that do not answer are left to the clients' own retries.
+    Plaintext without SASL has nothing to check.
     """
-    context = ssl_context(settings)
-    if context is None or not settings.kafka_url:
+    if settings.kafka_security_protocol == "PLAINTEXT" or not settings.kafka_url:
         return
+    options = client_options(settings)
     for broker in split_brokers(settings.kafka_url):
         host, _, port = broker.rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port), ssl=context), timeout)
+            conn = await asyncio.wait_for(
+                create_conn(host.strip("[]"), int(port), request_timeout_ms=int(timeout * 1000), **options),
+                timeout)
         except ssl.SSLCertVerificationError as exc:
             trusted = settings.kafka_ssl_cafile or "the system's CA certificates"
             raise KafkaSecurityError(
@@ -94,9 +104,12 @@ async def check_tls(settings: Settings, timeout: float = 10.0) -> None:
             raise KafkaSecurityError(
                 f"TLS to {broker} failed: {exc}. Does the broker speak TLS on this port? "
                 "(FUNNEL_KAFKA_SECURITY_PROTOCOL, FUNNEL_KAFKA_SSL_*)") from None
-        except (OSError, TimeoutError):
-            continue  # not answering: the client's own bootstrap retries and reports it
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, IllegalSaslStateError) as exc:
+            raise KafkaSecurityError(
+                f"SASL to {broker} as {settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism} "
+                f"was refused: {exc}. Check FUNNEL_KAFKA_SASL_USERNAME, FUNNEL_KAFKA_SASL_PASSWORD and "
+                "FUNNEL_KAFKA_SASL_MECHANISM") from None
+        except (OSError, TimeoutError, KafkaError):
+            continue  # not answering: the clients' own bootstrap retries and reports it
+        conn.close()
         return

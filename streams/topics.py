@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from murmurhash2 import murmurhash2
 
 from schemas import EVENT_TYPES
-from streams.kafka_security import check_tls, client_options
+from streams.kafka_security import check_connection, client_options
 from streams.settings import Settings, split_brokers
 
 __all__ = ["TopicNames", "ensure_topics", "partition_of"]
@@ -66,7 +66,7 @@ async def ensure_topics(settings: Settings, timeout: float = 60.0, extra: Sequen
     """
     if not settings.kafka_url:
         raise RuntimeError("FUNNEL_KAFKA_URL is not set")
-    await check_tls(settings)
+    await check_connection(settings)
     names = [*TopicNames(settings).all, *extra]
     deadline = asyncio.get_running_loop().time() + timeout
     admin = AIOKafkaAdminClient(bootstrap_servers=split_brokers(settings.kafka_url),

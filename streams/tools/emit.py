@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import EVENT_TYPES, Decoder, InvalidEvent
-from streams.kafka_security import check_tls, client_options
+from streams.kafka_security import check_connection, client_options
 from streams.settings import Settings, split_brokers
 
 __all__ = ["EmitError", "SendError", "build_event", "parse_json", "plain_words", "send", "validate"]
@@ -122,7 +122,7 @@ async def send(
     """Send one message, wait for the broker's acknowledgement; return (partition, offset)."""
     if not settings.kafka_url:
         raise SendError("FUNNEL_KAFKA_URL is not set (e.g. kafka://localhost:9092)")
-    await check_tls(settings)
+    await check_connection(settings)
     producer = AIOKafkaProducer(
         bootstrap_servers=split_brokers(settings.kafka_url), acks="all", request_timeout_ms=timeout_ms,
         enable_idempotence=False, **client_options(settings),

@@ -33,7 +33,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas import EVENT_TYPES
-from streams.kafka_security import check_tls, client_options
+from streams.kafka_security import check_connection, client_options
 from streams.settings import Settings, split_brokers
 
 __all__ = ["GroundTruth", "TrafficSpec", "plan_user", "run_generator"]
@@ -230,7 +230,7 @@ async def run_generator(
     if not settings.kafka_url:
         raise ValueError("FUNNEL_KAFKA_URL is not set")
     traffic = _Traffic(spec)
-    await check_tls(settings)
+    await check_connection(settings)
     producer = AIOKafkaProducer(bootstrap_servers=split_brokers(settings.kafka_url), linger_ms=5,
                                 **client_options(settings))
     await producer.start()

@@ -12,7 +12,7 @@ import trustme
 
 from streams.kafka_security import (
     KafkaSecurityError,
-    check_tls,
+    check_connection,
     client_options,
     faust_credentials,
     ssl_context,
@@ -62,7 +62,7 @@ def test_sasl_ssl_gives_the_same_user_to_faust_and_aiokafka(env: pytest.MonkeyPa
     assert faust_credentials(plain).protocol.value == "SASL_PLAINTEXT"
 
 
-def test_check_tls_names_the_reason_and_the_setting(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_check_connection_names_the_reason_and_the_setting(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """One handshake before any client starts: a wrong CA, a wrong host name, no TLS at all."""
     ca, other = trustme.CA(), trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
@@ -73,7 +73,7 @@ def test_check_tls_names_the_reason_and_the_setting(env: pytest.MonkeyPatch, tmp
     async def check(url: str, cafile: str) -> str:
         settings = Settings(kafka_url=url, kafka_security_protocol="SSL", kafka_ssl_cafile=tmp_path / cafile)
         try:
-            await check_tls(settings, timeout=5)
+            await check_connection(settings, timeout=5)
         except KafkaSecurityError as exc:
             return str(exc)
         return "ok"
