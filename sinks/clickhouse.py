@@ -26,6 +26,7 @@ from clickhouse_connect.driver.insert import InsertContext
 
 from schemas import FunnelsConfig
 from sinks.base import BatchSink, Row
+from sinks.cluster import CLUSTER_INSERT_SETTINGS, cluster_statement
 from sinks.exceptions import SinkConfigError, SinkRetryableError
 from sinks.metrics import FunnelMetrics
 
@@ -151,6 +152,7 @@ class ClickHouseTarget:
     username: str = "default"
     password: str = field(default="", repr=False)
     ca_file: str = ""  # https: the CA bundle the server's certificate is checked against
+    cluster: str = ""  # the schema is on this ClickHouse cluster (sinks.cluster)
 
     def __str__(self) -> str:
         if self.interface == "chdb":
@@ -206,6 +208,8 @@ def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
     (readonly=1: no writes, DDL, setting changes or table functions.)
     """
     settings: dict[str, Any] = {"readonly": 1} if readonly else {}
+    if target.cluster and not readonly:
+        settings.update(CLUSTER_INSERT_SETTINGS)
     _without_pandas()
     if target.interface == "chdb":
         Path(target.path).mkdir(parents=True, exist_ok=True)
@@ -243,10 +247,12 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR) -> list[str]:
-    """Apply every ``*.sql`` file in ``ddl_dir`` in name order; idempotent.
+def ddl(database: str, ddl_dir: Path = DDL_DIR,
+        cluster: str | None = None) -> list[tuple[str, list[str]]]:
+    """Every statement of the schema, per ``*.sql`` file of ``ddl_dir`` in name order.
 
-    Returns the file names applied. Raises FileNotFoundError if there are none.
+    With ``cluster``, the cluster's form of each (:mod:`sinks.cluster`): Replicated
+    local tables, Distributed tables under the same names, ``ON CLUSTER``.
     """
     files = sorted(ddl_dir.glob("*.sql"))
     if not files:
@@ -255,11 +261,29 @@ def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR) -> list[str]
         )
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise SinkConfigError(f"database name {database!r} is not a plain identifier")
+    out = []
     for path in files:
-        for statement in _statements(path.read_text()):
-            client.command(statement.replace("{database}", database))
-        log.info("clickhouse: applied %s to database %s", path.name, database)
-    return [p.name for p in files]
+        statements = _statements(path.read_text())
+        if cluster:
+            statements = [s for statement in statements for s in cluster_statement(statement, cluster)]
+        out.append((path.name, [s.replace("{database}", database) for s in statements]))
+    return out
+
+
+def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR,
+            cluster: str | None = None) -> list[str]:
+    """Apply every ``*.sql`` file in ``ddl_dir`` in name order (on ``cluster`` if given); idempotent.
+
+    Returns the file names applied. Raises FileNotFoundError if there are none.
+    """
+    applied = []
+    for name, statements in ddl(database, ddl_dir, cluster):
+        for statement in statements:
+            client.command(statement)
+        log.info("clickhouse: applied %s to database %s%s", name, database,
+                 f" on cluster {cluster}" if cluster else "")
+        applied.append(name)
+    return applied
 
 
 def write_funnel_config(client: Client, database: str, funnels: FunnelsConfig) -> int:

@@ -186,7 +186,8 @@ def _cmd_migrate(settings: Settings) -> int:
 
     target = clickhouse_target(settings)
     open_clickhouse(target, load_funnels(settings.funnels_file))
-    print(f"migrate: ClickHouse schema and funnel configuration applied to {target}")
+    where = f"{target}" + (f" on cluster {target.cluster}" if target.cluster else "")
+    print(f"migrate: ClickHouse schema and funnel configuration applied to {where}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -42,7 +43,11 @@ def clickhouse_target(settings: Settings, *, reader: bool = False) -> ClickHouse
     if reader and settings.clickhouse_reader_url is not None:
         url = settings.clickhouse_reader_url
     ca_file = str(settings.clickhouse_ca_file) if settings.clickhouse_ca_file else ""
-    return parse_clickhouse_url(url.get_secret_value(), settings.clickhouse_database, ca_file)
+    target = parse_clickhouse_url(url.get_secret_value(), settings.clickhouse_database, ca_file)
+    if settings.clickhouse_cluster and target.interface == "chdb":
+        raise ValueError("FUNNEL_CLICKHOUSE_CLUSTER needs a ClickHouse server (http:// or https:// in "
+                         "FUNNEL_CLICKHOUSE_URL), not the embedded chdb:// engine")
+    return dataclasses.replace(target, cluster=settings.clickhouse_cluster or "")
 
 
 def open_clickhouse(
@@ -60,7 +65,7 @@ def open_clickhouse(
                 raise
             log.info("waiting for ClickHouse at %s: %s", target, exc)
             time.sleep(1.0)
-    migrate(client, target.database)
+    migrate(client, target.database, cluster=target.cluster or None)
     if funnels is not None:
         write_funnel_config(client, target.database, funnels)
     return client
