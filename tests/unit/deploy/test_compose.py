@@ -126,7 +126,8 @@ def test_funnel_services_run_the_funnel_image(service: str, command: list[str]) 
 
 def test_generator_is_an_optional_profile() -> None:
     assert compose_services()["generator"]["profiles"] == ["generator"]
-    assert all("profiles" not in s for n, s in compose_services().items() if n != "generator")
+    optional = {"generator", "clickhouse-shard1", "clickhouse-shard2"}  # the cluster profile's too
+    assert all("profiles" not in s for n, s in compose_services().items() if n not in optional)
 
 
 def test_start_order() -> None:
@@ -230,9 +231,48 @@ def test_dockerfile_copies_only_files_that_exist() -> None:
 
 
 def test_readme_override_example_merges(tmp_path: Path) -> None:
-    (example,) = re.findall(r"```yaml\n(.*?)```", README, re.S)
+    (example,) = [block for block in re.findall(r"```yaml\n(.*?)```", README, re.S) if "*external" in block]
     override = tmp_path / "docker-compose.override.yml"
     override.write_text(example)
     services = compose_config({}, override)["services"]
     for name in ("migrate", "worker"):
         assert services[name]["environment"]["FUNNEL_KAFKA_URL"] != "kafka://kafka:9092"
+
+
+def test_the_cluster_profile_matches_its_config_files() -> None:
+    """Two shards of one replica, Keeper in the first, as remote_servers, macros and keeper say."""
+    import xml.etree.ElementTree as ET
+
+    services = compose_services()
+    cluster_dir = DEPLOY / "clickhouse" / "cluster"
+    shards = {name: s for name, s in services.items() if name.startswith("clickhouse-shard")}
+    assert set(shards) == {"clickhouse-shard1", "clickhouse-shard2"}
+    assert all(s["profiles"] == ["cluster"] for s in shards.values())
+    servers = ET.parse(cluster_dir / "remote_servers.xml").getroot()
+    replicas = servers.findall("./remote_servers/funnel_cluster/shard/replica")
+    assert [r.findtext("host") for r in replicas] == sorted(shards)
+    assert servers.findtext("./zookeeper/node/host") == "clickhouse-shard1"
+    keeper = ET.parse(cluster_dir / "keeper.xml").getroot()
+    assert keeper.findtext("./keeper_server/raft_configuration/server/hostname") == "clickhouse-shard1"
+    assert servers.findtext("./zookeeper/node/port") == keeper.findtext("./keeper_server/tcp_port")
+    macros = {}
+    for name, service in shards.items():
+        mounted = {target: source for source, target in bind_mounts(service)}
+        assert mounted["/etc/clickhouse-server/config.d/remote_servers.xml"].name == "remote_servers.xml"
+        assert ("/etc/clickhouse-server/config.d/keeper.xml" in mounted) == (name == "clickhouse-shard1")
+        root = ET.parse(mounted["/etc/clickhouse-server/config.d/macros.xml"]).getroot()
+        macros[name] = (root.findtext("./macros/shard"), root.findtext("./macros/replica"))
+        assert macros[name][1] == name == service["hostname"]
+    assert len({shard for shard, _ in macros.values()}) == 2  # one {shard} per node
+
+
+def test_the_readme_cluster_override_merges(tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("To try it with Compose, start the `cluster` profile"):]
+    override = tmp_path / "docker-compose.override.yml"
+    override.write_text(re.search(r"```yaml\n(.*?)```", block, re.S).group(1))  # type: ignore[union-attr]
+    services = compose_config({}, override)["services"]
+    for name in ("migrate", "worker"):
+        env = services[name]["environment"]
+        assert env["FUNNEL_CLICKHOUSE_CLUSTER"] == "funnel_cluster"
+        assert "@clickhouse-shard1:8123/" in env["FUNNEL_CLICKHOUSE_URL"]
