@@ -153,6 +153,7 @@ class ClickHouseTarget:
     password: str = field(default="", repr=False)
     ca_file: str = ""  # https: the CA bundle the server's certificate is checked against
     cluster: str = ""  # the schema is on this ClickHouse cluster (sinks.cluster)
+    verify: bool = True  # https: check the server's certificate
 
     def __str__(self) -> str:
         if self.interface == "chdb":
@@ -215,6 +216,8 @@ def connect(target: ClickHouseTarget, *, readonly: bool = False) -> Client:
         Path(target.path).mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", settings=settings)
     tls: dict[str, Any] = {"ca_cert": target.ca_file} if target.ca_file else {}
+    if target.interface == "https" and not target.verify:
+        tls["verify"] = False
     return clickhouse_connect.get_client(
         interface=target.interface,
         host=target.host,

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         None, description="FUNNEL_CLICKHOUSE_CA_FILE: CA bundle (PEM) an https:// ClickHouse's certificate "
         "is checked against; unset: the system's."
     )
+    clickhouse_verify: bool = Field(
+        True, description="FUNNEL_CLICKHOUSE_VERIFY: check an https:// ClickHouse's certificate; false "
+        "only for a test server (the connection is then open to interception)."
+    )
     clickhouse_cluster: str | None = Field(
         None, description="FUNNEL_CLICKHOUSE_CLUSTER: apply the schema ON CLUSTER with Replicated and "
         "Distributed tables (deploy/clickhouse on a cluster); unset: one server."

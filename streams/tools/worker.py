@@ -47,7 +47,8 @@ def clickhouse_target(settings: Settings, *, reader: bool = False) -> ClickHouse
     if settings.clickhouse_cluster and target.interface == "chdb":
         raise ValueError("FUNNEL_CLICKHOUSE_CLUSTER needs a ClickHouse server (http:// or https:// in "
                          "FUNNEL_CLICKHOUSE_URL), not the embedded chdb:// engine")
-    return dataclasses.replace(target, cluster=settings.clickhouse_cluster or "")
+    return dataclasses.replace(target, cluster=settings.clickhouse_cluster or "",
+                               verify=settings.clickhouse_verify)
 
 
 def open_clickhouse(

@@ -1,7 +1,7 @@
 """Proxies in front of the embedded broker, which speaks plaintext without authentication only.
 
 :class:`TlsProxy` terminates TLS. :class:`SaslProxy` authenticates clients
-with SASL/SCRAM itself (the embedded broker's own SCRAM does not work with
+with SASL (PLAIN, SCRAM) itself (the embedded broker's own SCRAM does not work with
 aiokafka), then pipes the connection through; with a TLS context it is a
 SASL_SSL listener. Each runs its own event loop in a thread, on loopback.
 """
@@ -9,18 +9,18 @@ SASL_SSL listener. Each runs its own event loop in a thread, on loopback.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import ssl
 import struct
 import threading
 from typing import Any
 
+from scramp import ScramException, ScramMechanism
+
 #: Kafka's API keys and error codes the SASL proxy answers itself.
 SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
 SCRAM_ITERATIONS = 4096
 
@@ -111,47 +111,38 @@ def _string(value: str | None) -> bytes:
     return struct.pack(">h", len(data)) + data
 
 
-class Scram:
-    """The server side of SCRAM-SHA-512 (RFC 5802, RFC 7677) for one connection."""
+class _Login:
+    """The server side of one SASL login: PLAIN, or SCRAM through scramp (RFC 5802, 7677)."""
 
-    def __init__(self, users: dict[str, str]) -> None:
-        self.users = users
-        self.salt = os.urandom(16)
-        self.nonce = base64.b64encode(os.urandom(18)).decode()
-        self.first_bare = self.server_first = ""
-        self.salted = b""
+    def __init__(self, mechanism: str, users: dict[str, str]) -> None:
+        self.mechanism, self.users = mechanism, users
+        self.scram: Any = None
+        if mechanism.startswith("SCRAM-"):
+            scram = ScramMechanism(mechanism)
 
-    @staticmethod
-    def _hmac(key: bytes, data: bytes) -> bytes:
-        return hmac.new(key, data, hashlib.sha512).digest()
+            def auth_info(user: str) -> Any:
+                # An unknown user still gets a challenge: the proof fails, as for a wrong password.
+                return scram.make_auth_info(users.get(user) or os.urandom(8).hex(), SCRAM_ITERATIONS)
+
+            self.scram = scram.make_server(auth_info)
 
     def step(self, message: bytes) -> tuple[bytes, bool | None]:
         """The answer to a client message, and whether the client is authenticated (None: not yet)."""
-        text = message.decode()
-        if not self.first_bare:  # client-first: "n,,n=user,r=nonce"
-            self.first_bare = text.split(",", 2)[2]
-            attrs = dict(part.split("=", 1) for part in self.first_bare.split(","))
-            password = self.users.get(attrs["n"].replace("=2C", ",").replace("=3D", "="))
-            # An unknown user still gets a challenge: the proof fails, as for a wrong password.
-            self.salted = hashlib.pbkdf2_hmac("sha512", (password or os.urandom(8).hex()).encode(),
-                                              self.salt, SCRAM_ITERATIONS)
-            self.server_first = (f"r={attrs['r']}{self.nonce},s={base64.b64encode(self.salt).decode()},"
-                                 f"i={SCRAM_ITERATIONS}")
-            return self.server_first.encode(), None
-        without_proof, _, proof = text.rpartition(",p=")
-        auth_message = f"{self.first_bare},{self.server_first},{without_proof}".encode()
-        client_key = self._hmac(self.salted, b"Client Key")
-        stored_key = hashlib.sha512(client_key).digest()
-        signature = self._hmac(stored_key, auth_message)
-        given = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature, strict=True))
-        if hashlib.sha512(given).digest() != stored_key:
+        if self.mechanism == "PLAIN":  # authzid NUL user NUL password
+            _, user, password = message.decode().split("\0")
+            return b"", self.users.get(user) == password
+        if self.scram.stage is None:
+            self.scram.set_client_first(message.decode())
+            return self.scram.get_server_first().encode(), None
+        try:
+            self.scram.set_client_final(message.decode())
+        except ScramException:
             return b"", False
-        server_signature = self._hmac(self._hmac(self.salted, b"Server Key"), auth_message)
-        return b"v=" + base64.b64encode(server_signature), True
+        return self.scram.get_server_final().encode(), True
 
 
 class SaslProxy(_Proxy):
-    """Authenticates clients with SASL/SCRAM-SHA-512 against ``users``, then pipes to the broker.
+    """Authenticates clients with SASL (PLAIN, SCRAM-SHA-256/512) against ``users``, then pipes to the broker.
 
     Before authentication it answers SaslHandshake and SaslAuthenticate itself
     and passes only ApiVersions on; a refused client gets Kafka's
@@ -166,7 +157,7 @@ class SaslProxy(_Proxy):
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
                      broker_r: asyncio.StreamReader, broker_w: asyncio.StreamWriter) -> bool:
-        scram: Scram | None = None
+        login: _Login | None = None
         while True:
             frame = await _frame(client_r)
             api_key, version, correlation_id, client_id_len = struct.unpack(">hhih", frame[:10])
@@ -174,16 +165,16 @@ class SaslProxy(_Proxy):
             if api_key == SASL_HANDSHAKE:
                 (size,) = struct.unpack(">h", body[:2])
                 mechanism = body[2:2 + size].decode()
-                ok = mechanism == "SCRAM-SHA-512"
-                scram = Scram(self.users) if ok else None
+                ok = mechanism in MECHANISMS
+                login = _Login(mechanism, self.users) if ok else None
                 _send(client_w, correlation_id, struct.pack(">h", 0 if ok else UNSUPPORTED_SASL_MECHANISM)
-                      + struct.pack(">i", 1) + _string("SCRAM-SHA-512"))
+                      + struct.pack(">i", len(MECHANISMS)) + b"".join(_string(m) for m in MECHANISMS))
                 await client_w.drain()
                 if not ok:
                     return False
-            elif api_key == SASL_AUTHENTICATE and scram is not None:
+            elif api_key == SASL_AUTHENTICATE and login is not None:
                 (size,) = struct.unpack(">i", body[:4])
-                answer, done = scram.step(body[4:4 + size])
+                answer, done = login.step(body[4:4 + size])
                 lifetime = struct.pack(">q", 0) if version >= 1 else b""
                 if done is False:
                     self.refused += 1

@@ -149,3 +149,14 @@ def test_a_wrong_password_fails_fast_with_a_clear_message(sasl: dict[str, Any], 
     _fails_fast(env, "SASL to localhost:", "'funnel' with SCRAM-SHA-512 was refused",
                 "FUNNEL_KAFKA_SASL_PASSWORD")
     assert sasl["proxy"].refused >= refused + 2
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_the_other_mechanisms_log_in(sasl: dict[str, Any], tmp_path: Path, mechanism: str) -> None:
+    """`funnel emit` through the same SASL_SSL listener with PLAIN and SCRAM-SHA-256."""
+    env = {**os.environ, **_env(sasl, tmp_path, sasl["ca"]), "FUNNEL_KAFKA_SASL_MECHANISM": mechanism}
+    done = subprocess.run([sys.executable, "-m", "streams.tools.cli", "emit", "visit", '{"user_id": "u1"}'],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "emit: sent visit" in done.stdout
+    assert f"Authenticated as funnel via {mechanism}" in done.stderr

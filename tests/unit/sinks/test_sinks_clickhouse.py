@@ -408,7 +408,11 @@ def test_a_private_ca_reaches_the_https_client(monkeypatch: pytest.MonkeyPatch) 
                                                                       {"readonly": 1})
     seen.clear()
     connect(parse_clickhouse_url("https://w:pw@ch.internal:8443/funnel"))
-    assert "ca_cert" not in seen  # the system's CAs
+    assert "ca_cert" not in seen and "verify" not in seen  # the system's CAs, checked
+    import dataclasses
+
+    connect(dataclasses.replace(target, verify=False))
+    assert seen["verify"] is False
     with pytest.raises(SinkConfigError, match="FUNNEL_CLICKHOUSE_CA_FILE is set, but the ClickHouse URL is "
                                               "http://"):
         parse_clickhouse_url("http://ch:8123/funnel", ca_file="/etc/funnel/ch-ca.pem")
