@@ -6,6 +6,7 @@ what the user sees after the first refreshes, and stops with Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -58,12 +59,33 @@ def _interrupt(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGINT)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the demo starts the broker and the generator in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 @pytest.fixture
 def stop_all() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Demos still running at the end (a failed test) are killed with everything they started."""
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
         if proc.poll() is None:
+            for pid in _descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
