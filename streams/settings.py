@@ -205,16 +205,14 @@ class Settings(BaseSettings):
         """Security settings that cannot work fail here, naming the setting."""
         protocol = self.kafka_security_protocol
         sasl = protocol.startswith("SASL_")
-        if sasl:
-            for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
-                if getattr(self, field) is None:
-                    raise ValueError(f"FUNNEL_{field.upper()} is required with "
-                                     f"FUNNEL_KAFKA_SECURITY_PROTOCOL={protocol}")
-        else:
-            for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
-                if getattr(self, field) is not None:
-                    raise ValueError(f"FUNNEL_{field.upper()} is set, but FUNNEL_KAFKA_SECURITY_PROTOCOL="
-                                     f"{protocol} uses no SASL (SASL_PLAINTEXT or SASL_SSL do)")
+        for field in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"):
+            given = getattr(self, field) is not None
+            if sasl and not given:
+                raise ValueError(f"FUNNEL_{field.upper()} is required with "
+                                 f"FUNNEL_KAFKA_SECURITY_PROTOCOL={protocol}")
+            if given and not sasl:
+                raise ValueError(f"FUNNEL_{field.upper()} is set, but FUNNEL_KAFKA_SECURITY_PROTOCOL="
+                                 f"{protocol} uses no SASL (SASL_PLAINTEXT or SASL_SSL do)")
         for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
             path = getattr(self, field)
             if path is None:

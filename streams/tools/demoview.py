@@ -29,6 +29,7 @@ from rich.text import Text
 
 from schemas import FunnelDefinition
 from streams.reports.report import format_percent, funnel_report, select
+from streams.web.routes import counter_total
 
 __all__ = ["DemoView", "Snapshot", "collect", "layout", "plain"]
 
@@ -229,11 +230,6 @@ def styled(lines: Iterable[Line]) -> Text:
 # -- collecting ---------------------------------------------------------------------------------
 
 
-def _total(registry: Any, name: str) -> int:
-    return int(sum(s.value for metric in registry.collect() if metric.name == name
-                   for s in metric.samples if s.name == f"{name}_total"))
-
-
 def collect(
     rows: Any, funnels: Mapping[str, FunnelDefinition], channels: Sequence[str], database: str, *,
     now_ms: int, earlier_than_ms: int | None = None,
@@ -286,8 +282,7 @@ class DemoView:
 
     async def snapshot(self) -> Snapshot:
         w = self.worker
-        m = w.metrics.registry
-        events = _total(m, "funnel_events")
+        events = int(counter_total(w.metrics.events))
         now = time.monotonic()
         self._samples = [*self._samples[-4:], (now, events)]
         (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
@@ -313,7 +308,8 @@ class DemoView:
             views = tuple(FunnelView(f.name, tuple(StageLine(s, 0, None, None, None) for s in f.stages))
                           for f in w.funnels.values())
         return Snapshot(
-            at=time.strftime("%H:%M:%S"), events=events, dead_lettered=_total(m, "funnel_invalid_events"),
+            at=time.strftime("%H:%M:%S"), events=events,
+            dead_lettered=int(counter_total(w.metrics.invalid_events)),
             events_per_second=rate, consumer_lag=w.consumer_lag(), sink_rows=w.pending_rows,
             funnels=views, channels=top, page=self.addresses["page"], metrics=self.addresses["metrics"],
             sql=self.addresses["sql"], logs=str(self.logs), earlier=self._earlier or 0, error=error,

@@ -64,7 +64,7 @@ API_PATHS = ("/api/config", "/api/funnel", "/api/trend", "/api/stalled", "/api/h
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _counter_total(counter: Counter) -> float:
+def counter_total(counter: Counter) -> float:
     """Sum of a labelled counter over all its label values."""
     return sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total"))
 
@@ -99,7 +99,7 @@ class FunnelWeb:
     # -- pipeline health -----------------------------------------------------------------
     async def sample(self) -> None:
         """Timer: remember the valid-event counter, for events/s."""
-        self._samples.append((time.monotonic(), _counter_total(self.worker.metrics.events)))
+        self._samples.append((time.monotonic(), counter_total(self.worker.metrics.events)))
 
     def events_per_second(self) -> float | None:
         if len(self._samples) < 2:
@@ -116,14 +116,14 @@ class FunnelWeb:
             "app_id": p.settings.app_id,
             "ready": p.ready,
             "events_per_second": None if rate is None else round(rate, 1),
-            "events_total": int(_counter_total(m.events)),
-            "dead_letter_total": int(_counter_total(m.invalid_events)),
-            "duplicates_total": int(_counter_total(m.duplicate_events)),
+            "events_total": int(counter_total(m.events)),
+            "dead_letter_total": int(counter_total(m.invalid_events)),
+            "duplicates_total": int(counter_total(m.duplicate_events)),
             "last_event_time": None if last is None else _iso_ms(last),
             "last_event_age_seconds": None if last is None else round(time.time() - last / 1000, 1),
             "consumer_lag": p.consumer_lag(),
             "sink_backlog_rows": p.pending_rows,
-            "sink_errors_total": int(_counter_total(m.sink_errors)),
+            "sink_errors_total": int(counter_total(m.sink_errors)),
         }
 
     # -- handlers ----------------------------------------------------------------------------
