@@ -62,6 +62,7 @@ REASONS: tuple[str, ...] = (
     "missing_field",
     "invalid_event_id",
     "invalid_user_id",
+    "missing_identity",
     "invalid_timestamp",
     "future_timestamp",
     "invalid_funnel",
@@ -77,6 +78,7 @@ REASONS: tuple[str, ...] = (
 _FIELD_REASONS = {
     "event_id": "invalid_event_id",
     "user_id": "invalid_user_id",
+    "anonymous_id": "invalid_user_id",
     "ts": "invalid_timestamp",
     "funnel": "invalid_funnel",
     "amount": "invalid_amount",
@@ -96,7 +98,12 @@ class NormalizedEvent(TypedDict):
     event_id: str
     event_type: str
     funnel: str | None  # None: every funnel that has this stage
-    user_id: str
+    user_id: str | None  # at least one of user_id and anonymous_id is set
+    anonymous_id: str | None
+    #: The person the event counts for: the user id of an event without an
+    #: anonymous id; for one with an anonymous id, None until the journey agent
+    #: of that id resolves it (README, "Identity").
+    person_id: str | None
     ts: int
     received_at: int
     channel: str | None
@@ -184,7 +191,7 @@ _HANDLED_FIELD_VALIDATORS = {
     "purchase": {"_int64", "_finite_numbers"},
 }
 _HANDLED_CONFIG = {"extra": "ignore", "frozen": True, "allow_inf_nan": False}
-_BASE_FIELDS = {"event_type", "event_id", "user_id", "ts", "funnel", "channel", "campaign",
+_BASE_FIELDS = {"event_type", "event_id", "user_id", "anonymous_id", "ts", "funnel", "channel", "campaign",
                 "product", "region", "manager", "properties"}
 _EXTRA_FIELDS = {"signup": {"email"}, "purchase": {"amount", "currency", "order_id"}}
 
@@ -375,6 +382,9 @@ class Decoder:
         funnel = fields.get("funnel")
         if funnel is not None and funnel not in self.funnels:
             return None
+        user, anonymous = fields.get("user_id"), fields.get("anonymous_id")
+        if user is None and anonymous is None:  # missing_identity: decode names it
+            return None
         properties = fields.get("properties")
         if properties is None:
             properties = {}
@@ -400,7 +410,9 @@ class Decoder:
             "event_id": fields["event_id"],
             "event_type": event_type,
             "funnel": funnel,
-            "user_id": fields["user_id"],
+            "user_id": user,
+            "anonymous_id": anonymous,
+            "person_id": user if anonymous is None else None,
             "ts": ts,
             "received_at": now_ms,
             "channel": fields.get("channel") or None,
@@ -462,6 +474,8 @@ class Decoder:
         }
 
     def _normalize(self, event: FunnelEvent, now_ms: int, source: str) -> NormalizedEvent:
+        if event.user_id is None and event.anonymous_id is None:
+            raise InvalidEvent("missing_identity", "neither user_id nor anonymous_id is set")
         if event.funnel is not None and event.funnel not in self.funnels:
             raise InvalidEvent("unknown_funnel", f"funnel {event.funnel!r} is not configured")
         ts = _ms(event.ts)
@@ -480,6 +494,8 @@ class Decoder:
             event_type=event.event_type,
             funnel=event.funnel,
             user_id=event.user_id,
+            anonymous_id=event.anonymous_id,
+            person_id=event.user_id if event.anonymous_id is None else None,
             ts=ts,
             received_at=now_ms,
             channel=event.channel or None,

@@ -111,15 +111,18 @@ class FunnelEvent(BaseModel):
     """The envelope every event shares.
 
     ``event_id`` is the deduplication key: a producer retrying a send must reuse
-    it. ``user_id`` identifies the person across stages (an anonymous id until
-    signup is fine, as long as it stays the same).
+    it. ``user_id`` is the known person (an account id); ``anonymous_id`` a
+    cookie or device id from before the person was known. At least one must be
+    present (:mod:`schemas.decode` rejects an event with neither as
+    ``missing_identity``); an event with both links them (README, "Identity").
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     event_type: EventType
     event_id: UUID
-    user_id: UserId
+    user_id: UserId | None = None
+    anonymous_id: UserId | None = None
     ts: Timestamp = Field(description="Event time: ISO 8601 with zone, or epoch milliseconds.")
     funnel: FunnelName | None = Field(
         default=None,

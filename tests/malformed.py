@@ -79,15 +79,15 @@ _letters = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_s
 _long_text = st.integers(min_value=1, max_value=40).map(lambda k: "x" * (128 + k))
 
 
-def _with(field: str, values: st.SearchStrategy[Any], reason: str,
+def _with(field: str | st.SearchStrategy[str], values: st.SearchStrategy[Any], reason: str,
           topics: st.SearchStrategy[str] = _topics) -> st.SearchStrategy[Malformed]:
-    """A valid event whose ``field`` is replaced by one of ``values``."""
+    """A valid event whose ``field`` (or one drawn from it) is replaced by one of ``values``."""
 
     @st.composite
     def build(draw: st.DrawFn) -> Malformed:
         topic = draw(topics)
         body = valid_event(topic, draw(st.integers(0, 10**6)))
-        body[field] = draw(values)
+        body[field if isinstance(field, str) else draw(field)] = draw(values)
         return Malformed(topic, _dump(body), reason)
 
     return build()
@@ -97,9 +97,21 @@ def _with(field: str, values: st.SearchStrategy[Any], reason: str,
 def _missing(draw: st.DrawFn) -> Malformed:
     topic = draw(_topics)
     body = valid_event(topic, draw(st.integers(0, 10**6)))
-    required = ["event_id", "user_id", "ts"] + (["amount", "currency"] if topic == "purchase" else [])
+    required = ["event_id", "ts"] + (["amount", "currency"] if topic == "purchase" else [])
     del body[draw(st.sampled_from(required))]
     return Malformed(topic, _dump(body), "missing_field")
+
+
+@st.composite
+def _identity_missing(draw: st.DrawFn) -> Malformed:
+    """Neither user_id nor anonymous_id: absent or null."""
+    topic = draw(_topics)
+    body = valid_event(topic, draw(st.integers(0, 10**6)))
+    del body["user_id"]
+    for field in ("user_id", "anonymous_id"):
+        if draw(st.booleans()):
+            body[field] = None
+    return Malformed(topic, _dump(body), "missing_identity")
 
 
 @st.composite
@@ -178,8 +190,10 @@ STRATEGIES: dict[str, st.SearchStrategy[Malformed]] = {
     "missing_field": _missing(),
     "invalid_event_id": _with("event_id", (st.text(max_size=40) | _non_strings | st.none()).filter(_not_uuid),
                               "invalid_event_id"),
-    "invalid_user_id": _with("user_id", st.sampled_from(["", " ", "\t\n"]) | _non_strings | st.none()
+    "invalid_user_id": _with(st.sampled_from(["user_id", "anonymous_id"]),
+                             st.sampled_from(["", " ", "\t\n"]) | _non_strings
                              | st.integers(257, 10_240).map(lambda k: "u" * k), "invalid_user_id"),
+    "missing_identity": _identity_missing(),
     "invalid_timestamp": _with("ts", st.integers(-62_135_596_800_000, -1) | _letters | st.booleans()
                                | st.sampled_from([float("nan"), float("inf"), float("-inf"),
                                                   "1969-12-31T23:59:59Z", "2026-01-31T12:00:00",

@@ -562,7 +562,8 @@ def test_valid_event_values_have_the_types_decode_gives() -> None:
     (event,) = assert_same(DECODERS["keyed"], [raw], "purchase")
     assert isinstance(event, dict)
     expected: NormalizedEvent = {
-        "event_id": EVENT_ID, "event_type": "purchase", "funnel": None, "user_id": "u1", "ts": TS_MS + 123,
+        "event_id": EVENT_ID, "event_type": "purchase", "funnel": None, "user_id": "u1",
+            "anonymous_id": None, "person_id": "u1", "ts": TS_MS + 123,
         "received_at": NOW_MS, "channel": None, "campaign": None, "product": None, "region": None,
         "manager": None, "amount": str(Decimal("19.90")), "currency": "EUR", "order_id": "",
         "email_hash": None, "properties": {"n": 1, "x": 1.0, "b": True, "s": "1", "z": None},

@@ -61,6 +61,10 @@ REJECTIONS = [
     case("invalid_user_id", raw(user_id="   "), id="blank"),
     case("invalid_user_id", raw(user_id="u" * 10_000), id="10kB"),
     case("invalid_user_id", raw(user_id=42), id="number"),
+    case("invalid_user_id", raw(anonymous_id=""), id="anonymous-empty"),
+    case("invalid_user_id", raw(anonymous_id=["a"]), id="anonymous-list"),
+    case("missing_identity", raw(user_id=DROP), id="neither"),
+    case("missing_identity", raw(user_id=None, anonymous_id=None), id="both-null"),
     case("invalid_timestamp", raw(ts="2026-01-31T12:00:00"), id="naive-iso"),
     case("invalid_timestamp", raw(ts="1969-12-31T23:59:59Z"), id="pre-1970-iso"),
     case("invalid_timestamp", raw(ts=-1), id="pre-1970-epoch"),
@@ -125,12 +129,32 @@ def test_valid_visit_is_normalized_completely(decoder: Decoder) -> None:
                properties={"utm": "spring", "n": 2, "x": 1.5, "ok": True, "none": None})
     assert decode(decoder, data) == {
         "event_id": EVENT_ID, "event_type": "visit", "funnel": None, "user_id": "u1",
-        "ts": TS_MS, "received_at": NOW_MS, "channel": "Ads", "campaign": None, "product": None,
+        "anonymous_id": None, "person_id": "u1", "ts": TS_MS, "received_at": NOW_MS, "channel": "Ads", "campaign": None, "product": None,
         "region": "eu", "manager": None, "amount": None, "currency": None, "order_id": None,
         "email_hash": None, "properties": {"utm": "spring", "n": 2, "x": 1.5, "ok": True, "none": None},
         "source": "funnel.visit:0:7",
     }
     assert tuple(decode(decoder, data)) == NORMALIZED_KEYS
+
+
+@pytest.mark.parametrize(
+    ("ids", "person"),
+    [
+        pytest.param({"user_id": "u1"}, "u1", id="user-only"),
+        pytest.param({"user_id": DROP, "anonymous_id": " a1 "}, None, id="anonymous-only"),
+        pytest.param({"user_id": None, "anonymous_id": "a1"}, None, id="user-null"),
+        pytest.param({"anonymous_id": "a1"}, None, id="both-link"),
+    ],
+)
+def test_identity_fields(decoder: Decoder, ids: dict[str, Any], person: str | None) -> None:
+    """The person is known at decode only without an anonymous id; ids are stripped like user_id."""
+    for event in (decode(decoder, raw(**ids)),
+                  decoder.decode_batch([raw(**ids)], "visit", NOW_MS, ["s"])[0]):
+        assert isinstance(event, dict)
+        sent_user = ids.get("user_id", "u1")
+        assert event["user_id"] == (None if sent_user is DROP else sent_user)
+        assert event["anonymous_id"] == (ids["anonymous_id"].strip() if "anonymous_id" in ids else None)
+        assert event["person_id"] == person
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+
 from schemas import EVENT_TYPES, write_json_schemas
 
-ENVELOPE_REQUIRED = {"event_id", "user_id", "ts"}
+ENVELOPE_REQUIRED = {"event_id", "ts"}
 
 
 def refs(node: Any) -> list[str]:
@@ -47,3 +49,18 @@ def test_purchase_schema_requires_amount_and_currency(tmp_path: Path) -> None:
     assert set(purchase["required"]) == ENVELOPE_REQUIRED | {"amount", "currency"}
     visit = json.loads((tmp_path / "visit.schema.json").read_text())
     assert set(visit["required"]) == ENVELOPE_REQUIRED
+
+
+def test_schemas_require_a_user_id_or_an_anonymous_id(tmp_path: Path) -> None:
+    write_json_schemas(tmp_path)
+    visit = json.loads((tmp_path / "visit.schema.json").read_text())
+    base = {"event_id": "5b0d7c1e-8f3a-4c55-9d2e-1a2b3c4d5e6f", "ts": "2026-01-31T12:00:00Z"}
+    for ids in ({"user_id": "u1"}, {"anonymous_id": "a1"}, {"user_id": "u1", "anonymous_id": "a1"},
+                {"user_id": None, "anonymous_id": "a1"}):
+        jsonschema.validate({**base, **ids}, visit)
+    for ids in ({}, {"user_id": None}, {"user_id": None, "anonymous_id": None}):
+        try:
+            jsonschema.validate({**base, **ids}, visit)
+        except jsonschema.ValidationError:
+            continue
+        raise AssertionError(f"accepted {ids}")
