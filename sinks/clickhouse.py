@@ -29,6 +29,7 @@ from sinks.base import BatchSink, Row
 from sinks.cluster import CLUSTER_INSERT_SETTINGS, cluster_statement
 from sinks.exceptions import SinkConfigError, SinkRetryableError
 from sinks.metrics import FunnelMetrics
+from sinks.upgrade import upgrade
 
 __all__ = [
     "COLUMNS",
@@ -54,13 +55,14 @@ DDL_DIR = Path(
 #: Column order of the rows each table receives (explicit, never positional).
 COLUMNS: dict[str, tuple[str, ...]] = {
     "events": (
-        "event_id", "event_type", "funnel", "user_id", "ts", "received_at", "channel",
+        "event_id", "event_type", "funnel", "user_id", "anonymous_id", "person_id", "ts",
+        "received_at", "channel",
         "attributed_channel", "campaign", "product", "region", "manager", "amount", "currency",
         "order_id", "email_hash", "properties", "source", "customer",
     ),
     "stage_entries": (
         "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id", "campaign",
-        "product", "region", "manager",
+        "product", "region", "manager", "version", "is_deleted",
     ),
     "transitions": (
         "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
@@ -82,6 +84,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
         "user_id", "version", "is_deleted",
     ),
+    "identities": ("anonymous_id", "user_id", "first_seen", "source", "event_id", "status"),
 }
 
 #: The types the sink sends each column as (Native format), in ``COLUMNS``
@@ -94,7 +97,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 #: ``amount``). tests/unit/sinks checks these against the DDL.
 INSERT_TYPES: dict[str, tuple[str, ...]] = {
     "events": (
-        "String", "LowCardinality(String)", "LowCardinality(String)", "String",
+        "String", "LowCardinality(String)", "LowCardinality(String)", "String", "String", "String",
         "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "LowCardinality(String)",
         "LowCardinality(String)", "String", "String", "String", "String", "String",
         "LowCardinality(String)", "String", "String", "Map(String, String)", "String",
@@ -103,7 +106,8 @@ INSERT_TYPES: dict[str, tuple[str, ...]] = {
     "stage_entries": (
         "LowCardinality(String)", "LowCardinality(String)", "UInt8", "String",
         "DateTime64(3, 'UTC')", "LowCardinality(String)", "String", "String",
-        "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)",
+        "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)", "UInt32",
+        "UInt8",
     ),
     "transitions": (
         "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)", "UInt8",
@@ -128,6 +132,8 @@ INSERT_TYPES: dict[str, tuple[str, ...]] = {
         "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)", "String",
         "UInt32", "UInt8",
     ),
+    "identities": ("String", "String", "DateTime64(3, 'UTC')", "String", "String",
+                   "LowCardinality(String)"),
 }
 
 # Said explicitly so that a server profile turning it off fails loudly at the
@@ -138,6 +144,7 @@ _INSERT_SETTINGS = {"input_format_native_allow_types_conversion": 1}
 # memory, read-only replica, too many parts, unknown insert status, keeper.
 _RETRYABLE_CODES = {159, 202, 203, 209, 210, 241, 242, 252, 319, 425, 473, 999}
 _CODE_RE = re.compile(r"Code: (\d+)")
+_CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS \w+\.(\w+)\s")
 
 
 @dataclass(frozen=True)
@@ -280,12 +287,16 @@ def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR,
     Returns the file names applied. Raises FileNotFoundError if there are none.
     """
     applied = []
+    creates: dict[str, str] = {}
     for name, statements in ddl(database, ddl_dir, cluster):
         for statement in statements:
             client.command(statement)
+            if match := _CREATE_TABLE.match(statement):
+                creates[match[1]] = statement
         log.info("clickhouse: applied %s to database %s%s", name, database,
                  f" on cluster {cluster}" if cluster else "")
         applied.append(name)
+    upgrade(client, database, creates, cluster)
     return applied
 
 

@@ -14,8 +14,10 @@ statements into the cluster's (``ON CLUSTER``):
 
 Sharding: a ReplacingMergeTree collapses rows with the same sorting key only
 within one shard, so every table is sharded by a function of its sorting key:
-by the user for the tables keyed by user (an event's ``event_id`` always comes
-with the same user), by the whole key for ``spend`` and ``funnel_stages``. A
+by the person for the tables keyed by person, by ``event_id`` for ``events``
+(a replay may count an event under another person once it is linked), by
+the anonymous id for ``identities``, by the whole key for ``spend`` and
+``funnel_stages``. A
 ``FINAL`` read of a Distributed table therefore sees each row once.
 
 Inserts go to the Distributed tables (the sinks are unchanged) with
@@ -34,7 +36,8 @@ __all__ = ["CLUSTER_INSERT_SETTINGS", "SHARDING", "cluster_statement", "cluster_
 
 #: table -> the Distributed sharding key (a function of the table's sorting key).
 SHARDING = {
-    "events": "cityHash64(user_id)",
+    "events": "cityHash64(event_id)",
+    "identities": "cityHash64(anonymous_id)",
     "stage_entries": "cityHash64(user_id)",
     "transitions": "cityHash64(user_id)",
     "stage_counts": "cityHash64(user_id)",

@@ -118,6 +118,25 @@ class FunnelMetrics:
             ["funnel", "stage", "channel"],
             registry=r,
         )
+        self.stage_entries_merged = Counter(
+            "funnel_stage_entries_merged",
+            "Stage entries counted twice for one person: each of two journeys (an anonymous id and "
+            "the user id it was linked to) had entered the stage before they were merged. "
+            "Persons entering a stage = funnel_stage_entries_total - this.",
+            ["funnel", "stage"],
+            registry=r,
+        )
+        self.identity_links = Counter(
+            "funnel_identity_links",
+            "Anonymous ids linked to a user id (the first event carrying both).",
+            registry=r,
+        )
+        self.identity_conflicts = Counter(
+            "funnel_identity_conflicts",
+            "Events carrying an anonymous id already linked to another user id (the link is not "
+            "applied; the event counts for its own user id; kept in ClickHouse identities).",
+            registry=r,
+        )
         self.transitions = Counter(
             "funnel_transitions",
             "Users advancing from their furthest stage to a later one.",
@@ -227,6 +246,7 @@ class FunnelMetrics:
                 self.customers.labels(f.name, channel)
             for i, stage in enumerate(f.stages):
                 self.events.labels(f.name, stage)
+                self.stage_entries_merged.labels(f.name, stage)
                 for channel in channels:
                     self.stage_entries.labels(f.name, stage, channel)
                     if i < len(f.stages) - 1:

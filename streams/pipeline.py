@@ -2,7 +2,7 @@
 
 Data flow (README, "Data flow"; docs/architecture.md names each step's module):
 
-    funnel.<type> x5 --ingest--> funnel.normalized (keyed by user id)
+    funnel.<type> x5 --ingest--> funnel.normalized (keyed by person, else anonymous id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
                      \\--------> journeys, for events keyed by user id
                                  in the partition `normalized` would use
@@ -20,8 +20,9 @@ them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -42,7 +43,7 @@ from streams.agents.upkeep import Upkeep
 from streams.faust_adapt.app import FunnelApp
 from streams.faust_adapt.consumer import RawSchema
 from streams.faust_adapt.lag import consumer_lag
-from streams.faust_adapt.table import JourneyTable
+from streams.faust_adapt.table import ChangelogRecord, JourneyTable
 from streams.funnel.lifecycle import StallTracker
 from streams.funnel.routing import routes_for
 from streams.kafka_security import faust_credentials
@@ -132,6 +133,7 @@ class Pipeline:
             tuple(TP(self.names.normalized, p) for p in range(partitions)),
             window_seconds=settings.window_seconds,
             allowed_lateness_seconds=settings.allowed_lateness_seconds, stalls=stalls,
+            send=self._send_normalized,
         )
         dead_letters = DeadLetters(self.dead_letter, self.metrics)
         self.ingest = IngestAgent(
@@ -149,6 +151,10 @@ class Pipeline:
         self.app.on_rebalance_complete.connect(self._reschedule)
         install_endpoints(self, self.app)
         routes.install(self, self.app)
+
+    async def _send_normalized(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
+        """The journey agent's records to `normalized` (forwarded events, merges), sent as ingest sends."""
+        return await self.ingest.send_normalized(records)
 
     def _build_app(self) -> tuple[faust.App, JourneyTable]:
         """The Faust app with its topics, and the journeys table (the agents come after)."""

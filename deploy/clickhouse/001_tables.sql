@@ -13,13 +13,18 @@
 
 CREATE DATABASE IF NOT EXISTS {database};
 
--- Every valid event, normalized. Natural id: event_id.
+-- Every valid event, normalized. Natural id: event_id. user_id and
+-- anonymous_id are as sent (empty when absent); person_id is the person the
+-- event was counted under when it was processed: the user id once linked,
+-- else the anonymous id (README, "Identity"; join identities for today's).
 CREATE TABLE IF NOT EXISTS {database}.events
 (
     event_id        UUID,
     event_type      LowCardinality(String),
     funnel          LowCardinality(String),
-    user_id         String,
+    user_id         String COMMENT 'as sent, empty when absent',
+    anonymous_id    String COMMENT 'as sent, empty when absent',
+    person_id       String COMMENT 'the person the event was counted under',
     ts              DateTime64(3, 'UTC'),
     received_at     DateTime64(3, 'UTC'),
     channel         LowCardinality(String) COMMENT 'as sent, empty when absent',
@@ -41,7 +46,11 @@ PARTITION BY toYYYYMM(ts)
 ORDER BY (funnel, event_type, event_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
--- First time a user reached a stage. Natural id: (funnel, stage, user_id).
+-- First time a person reached a stage. Natural id: (funnel, stage, user_id);
+-- in this and the tables below user_id is the person id (the user id, or the
+-- anonymous id of a person not known yet). When an anonymous person is linked
+-- to a user id, their rows here come again as tombstones (is_deleted = 1) and
+-- the user's as a higher version: FINAL counts each person once.
 CREATE TABLE IF NOT EXISTS {database}.stage_entries
 (
     funnel          LowCardinality(String),
@@ -54,9 +63,11 @@ CREATE TABLE IF NOT EXISTS {database}.stage_entries
     campaign        String COMMENT 'first-touch campaign',
     product         LowCardinality(String) COMMENT 'latest product the user''s events named',
     region          LowCardinality(String),
-    manager         LowCardinality(String)
+    manager         LowCardinality(String),
+    version         UInt32,
+    is_deleted      UInt8
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, stage, user_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
@@ -107,4 +118,21 @@ CREATE TABLE IF NOT EXISTS {database}.stage_counts
 ENGINE = ReplacingMergeTree(version, is_deleted)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (funnel, window_seconds, kind, stage, user_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Anonymous ids linked to user ids: one row per (anonymous_id, user_id) that
+-- an event carried together. status 'linked' is the link that counts (the
+-- first one of the anonymous id); 'conflict' a later one to another user id,
+-- not applied, kept for audit (funnel_identity_conflicts_total counts them).
+CREATE TABLE IF NOT EXISTS {database}.identities
+(
+    anonymous_id    String,
+    user_id         String,
+    first_seen      DateTime64(3, 'UTC') COMMENT 'event time of the event that carried both',
+    source          String COMMENT 'topic:partition:offset of that event',
+    event_id        UUID,
+    status          LowCardinality(String) COMMENT 'linked or conflict'
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (anonymous_id, user_id)
 SETTINGS non_replicated_deduplication_window = 1000;

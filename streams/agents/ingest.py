@@ -3,9 +3,10 @@
 Its batch body (:meth:`IngestAgent.batch`) decodes each envelope with one
 pydantic pass (:meth:`schemas.Decoder.decode_batch`), sends each invalid
 message to the dead-letter topic with its reason, and passes each valid event
-on, keyed by its user, in one produced batch per partition of `normalized`.
-Events already keyed by their user id, in the partition `normalized` would
-give them, go straight to the journey agent (:func:`direct_partitions`).
+on, keyed by its person (or by its anonymous id when the person is not known
+yet), in one produced batch per partition of `normalized`. Events already
+keyed that way, in the partition `normalized` would give them, go straight to
+the journey agent (:func:`direct_partitions`).
 """
 
 from __future__ import annotations
@@ -100,14 +101,16 @@ class IngestAgent:
                     continue
                 funnel = norm["funnel"]
                 named[funnel] = named.get(funnel, 0) + 1
-                user = norm["user_id"].encode()
-                partition = partition_of(user, count)
-                if here and record.key == user and partition == msg.partition:
+                # By the person when known, else by the anonymous id: that id's
+                # partition decides who it is (streams.funnel.identity).
+                key = (norm["person_id"] or norm["anonymous_id"]).encode()  # type: ignore[union-attr]
+                partition = partition_of(key, count)
+                if here and record.key == key and partition == msg.partition:
                     if not direct_envelopes or direct_envelopes[-1] is not event:
                         direct_envelopes.append(event)
                     direct.append((event, record, norm))
                 else:
-                    onward.append((partition, user, orjson.dumps(norm)))
+                    onward.append((partition, key, orjson.dumps(norm)))
             for funnel, events_named in named.items():  # the funnels an event feeds depend on these two
                 for name in [f.name for f in route_of(funnel, event_type)] or ["none"]:
                     tally.inc(m.child(m.events, name, event_type), events_named)

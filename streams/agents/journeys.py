@@ -5,14 +5,20 @@ agent hands it the events that skip that topic (:meth:`JourneyAgent.apply`).
 Per batch, each changed user is read from the table once and written once;
 the rows of every ClickHouse table the batch touches are added to the sink
 with no await in between, so a batch's rows are its own.
+
+Identity (:mod:`streams.funnel.identity`): an event with an anonymous id
+arrives in that id's partition and is decided there - applied under the
+anonymous id, or forwarded on `normalized` to the person it belongs to; a
+link also retracts the anonymous journey's rows and forwards the journey as a
+merge record, which the person's partition merges.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, cast
 
 import orjson
 from faust import Stream
@@ -22,7 +28,8 @@ from schemas import FunnelDefinition, NormalizedEvent
 from sinks import ClickHouseSink, FunnelMetrics, Tally
 from streams.agents.runner import Finish, batch_token
 from streams.faust_adapt.envelopes import records_of
-from streams.faust_adapt.table import JourneyTable, route_table_to
+from streams.faust_adapt.table import ChangelogRecord, JourneyTable, route_table_to
+from streams.funnel import identity
 from streams.funnel.journey import UserState, apply_event, expire_window, furthest, window_ms
 from streams.funnel.lifecycle import TEMPERATURES, StallTracker, WindowDeadlines
 from streams.funnel.outputs import JourneyResult
@@ -34,13 +41,44 @@ from streams.topics import partition_of
 __all__ = ["JourneyAgent"]
 
 
+class _Identified:
+    """Where identity decisions put their rows, window memberships, records and counts (one batch)."""
+
+    __slots__ = ("dropoffs", "entries", "forwards", "links", "partitions", "tally", "transitions", "windows")
+
+    def __init__(self, entries: list[tuple[Any, ...]], transitions: list[tuple[Any, ...]],
+                 dropoffs: list[tuple[Any, ...]], windows: WindowAggregator, tally: Tally,
+                 partitions: int) -> None:
+        self.entries, self.transitions, self.dropoffs = entries, transitions, dropoffs
+        self.windows, self.tally, self.partitions = windows, tally, partitions
+        self.forwards: list[ChangelogRecord] = []  # to `normalized`: events to their person, merges
+        self.links: list[tuple[Any, ...]] = []  # identities rows
+
+    def forward(self, person: str, value: Any) -> None:
+        """Send ``value`` (an event with its person set, a merge record) to the person's partition."""
+        key = person.encode()
+        self.forwards.append((partition_of(key, self.partitions), key, orjson.dumps(value)))
+
+    def add(self, result: JourneyResult) -> None:
+        """The rows and window memberships of a retraction, a merge or a replayed merge."""
+        for entry in result.entries:
+            self.entries.append(entry_row(entry))
+            self.windows.add_entry(entry)
+        for tr in result.transitions:
+            self.transitions.append(transition_row(tr))
+            self.windows.add_transition(tr)
+        self.dropoffs.extend([dropoff_row(d) for d in result.dropoffs])
+
+
 class JourneyAgent:
     """Keeps the journeys of the users whose table partitions this worker holds.
 
     Arguments:
-        table: the journeys table (user id bytes -> :data:`UserState`).
+        table: the journeys table (person id or anonymous id bytes -> :data:`UserState`).
         sink: where rows of events from `normalized` go.
         homes: per partition, the `normalized` partition its watermark and deadlines are kept under.
+        send: produces (partition, key, value) records to `normalized` (events forwarded
+            to their person, merge records); returns their batches' futures.
     """
 
     def __init__(
@@ -55,8 +93,9 @@ class JourneyAgent:
         window_seconds: int,
         allowed_lateness_seconds: float,
         stalls: StallTracker,
+        send: Callable[[Sequence[ChangelogRecord]], Awaitable[list[asyncio.Future[Any]]]],
     ) -> None:
-        self.table, self.sink, self.metrics = table, sink, metrics
+        self.table, self.sink, self.metrics, self.send = table, sink, metrics, send
         self.funnels, self.routes, self.homes = funnels, routes, homes
         self.window_seconds = window_seconds
         self.watermarks = Watermarks(allowed_lateness_seconds)
@@ -104,9 +143,19 @@ class JourneyAgent:
         dropoffs: list[tuple[Any, ...]] = []
         routed: EventT | None = None  # the event the table is routed by now
         by_event = journeys.routes_by_event
+        identified = _Identified(entries, transitions, dropoffs, windows, tally, len(homes))
         for event, msg, e in decoded:
             tp = homes[msg.partition]
-            key = msg.key or e["user_id"].encode()
+            person = e["person_id"]
+            if person is None:  # an anonymous id's event, or a merge record: decided here
+                if event is not routed and by_event:
+                    route_table_to(event)
+                    routed = event
+                anchors[tp] = event
+                person = self._identify(event, e, dirty, touched, tp, identified)
+                if person is None:
+                    continue
+            key = person.encode()
             targets = self.targets(e) if e["funnel"] else routes.get(e["event_type"])
             if not targets:  # valid, but no configured funnel has this stage: kept
                 events.append(event_row(e, "", "", ""))
@@ -145,8 +194,9 @@ class JourneyAgent:
                     tally.inc(m.child(m.late_events, funnel.name))
                 self._count(tally, funnel.name, e, result)
         for table, rows_of in (("dropoffs", dropoffs), ("events", events), ("stage_entries", entries),
-                               ("transitions", transitions)):
-            sink.extend(table, rows_of)
+                               ("transitions", transitions), ("identities", identified.links)):
+            if rows_of:
+                sink.extend(table, rows_of)
         # Follow the users who changed first, so a window that already ended
         # (old data, a backlog) expires in this same batch.
         self._track(touched, dirty, anchors, int(now * 1000))
@@ -167,6 +217,8 @@ class JourneyAgent:
         sink.extend("stage_counts", list(windows.rows()))
         rows = sink.take()  # no await since this batch's rows were added: its own only
         delivered = await self.table.produce_changelog(changelog)
+        if identified.forwards:
+            delivered += await self.send(identified.forwards)
         self.processed += len(decoded)
         if decoded:  # sorted by event time
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][2]["ts"])
@@ -176,6 +228,76 @@ class JourneyAgent:
             await asyncio.gather(*delivered)
 
         return finish
+
+    def _identify(self, event: EventT, e: NormalizedEvent, dirty: dict[bytes, tuple[UserState, EventT]],
+                  touched: dict[tuple[bytes, str], Any], tp: Any, out: _Identified) -> str | None:
+        """Decide an event with an anonymous id, or merge a merge record, in its partition.
+
+        Returns the person to apply the event to here, or None when it was
+        forwarded (or was a merge record). The table is routed to ``event``.
+        """
+        if "merge" in e:
+            self._merge(event, cast(dict[str, Any], e), dirty, touched, tp, out)
+            return None
+        anonymous = cast(str, e["anonymous_id"])
+        key = anonymous.encode()
+        cached = dirty.get(key)
+        state = cached[0] if cached is not None else self.table.get(key)
+        kind, person = identity.identify(state, e)
+        if kind == identity.ANONYMOUS:
+            if cached is None and state is not None:
+                dirty[key] = (state, event)  # read once: the journey below finds it here
+            e["person_id"] = anonymous
+            return anonymous
+        m = self.metrics
+        state = state if state is not None else {}
+        if kind == identity.CONFLICT:
+            if identity.note_conflict(state, e["event_id"]):
+                out.tally.inc(m.identity_conflicts)
+            dirty[key] = (state, event)
+        elif kind in (identity.LINKED, identity.LINK_AGAIN):
+            if kind == identity.LINKED:
+                identity.link(state, e, person)
+                out.tally.inc(m.identity_links)
+            dirty[key] = (state, event)
+            self._retract(state, anonymous, key, out)
+            journey = identity.journey_of(state, self.funnels)
+            if journey:
+                out.forward(person, {"merge": anonymous, "person_id": None, "user_id": person,
+                                     "ts": e["ts"], "event_id": e["event_id"], "journey": journey})
+        if kind != identity.FORWARD:
+            out.links.append((anonymous, e["user_id"], e["ts"], e["source"], e["event_id"],
+                              "conflict" if kind == identity.CONFLICT else "linked"))
+        e["person_id"] = person
+        out.forward(person, e)
+        return None
+
+    def _retract(self, state: UserState, anonymous: str, key: bytes, out: _Identified) -> None:
+        """The anonymous journey's rows as tombstones; it is no longer followed for windows and stalls."""
+        now_ms = int(time.time() * 1000)
+        for name, result in identity.retract(state, self.funnels, anonymous):
+            out.add(result)
+            self.stalls.update(key, name, None, 0, now_ms)
+
+    def _merge(self, event: EventT, record: dict[str, Any], dirty: dict[bytes, tuple[UserState, EventT]],
+               touched: dict[tuple[bytes, str], Any], tp: Any, out: _Identified) -> None:
+        """A merge record: the anonymous journey joins the person's (or, seen before, their rows again)."""
+        person, anonymous = record["user_id"], record["merge"]
+        key = person.encode()
+        cached = dirty.get(key)
+        state = cached[0] if cached is not None else (self.table.get(key) or {})
+        dirty[key] = (state, event)
+        if identity.merged_before(state, anonymous):
+            for _, result in identity.replay_rows(state, self.funnels, person):
+                out.add(result)
+            return
+        m = self.metrics
+        for name, result, both in identity.merge(state, anonymous, record["journey"], self.funnels, person):
+            out.add(result)
+            touched[key, name] = tp
+            for stage in both:
+                out.tally.inc(m.child(m.stage_entries_merged, name, stage))
+            self._count_progress(out.tally, name, result)
 
     def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:
@@ -192,7 +314,7 @@ class JourneyAgent:
                     if not state or funnel is None:
                         continue
                     cached = dirty[due.key] = (state, anchor)
-                if funnel is None:
+                if funnel is None or identity.LINK in cached[0]:  # merged into its person
                     continue
                 drop = expire_window(cached[0], funnel, due.key.decode(), due.stage, due.entered)
                 if drop is not None:
@@ -223,6 +345,15 @@ class JourneyAgent:
 
     def _count(self, tally: Tally, funnel: str, e: NormalizedEvent, result: JourneyResult) -> None:
         m = self.metrics
+        channel = self._count_progress(tally, funnel, result)
+        if e["amount"] is not None:
+            tally.inc(m.child(m.revenue, funnel, channel, e["currency"] or ""), float(e["amount"]))
+        if result.customer == "new":
+            tally.inc(m.child(m.customers, funnel, channel))
+
+    def _count_progress(self, tally: Tally, funnel: str, result: JourneyResult) -> str:
+        """Count the new stage entries and first transitions of ``result``; the channel label used."""
+        m = self.metrics
         channel = m.channel(result.channel)
         for entry in result.entries:
             if entry.new:
@@ -232,10 +363,7 @@ class JourneyAgent:
                 tally.inc(m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel))
                 tally.observe(m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage),
                               tr.seconds)
-        if e["amount"] is not None:
-            tally.inc(m.child(m.revenue, funnel, channel, e["currency"] or ""), float(e["amount"]))
-        if result.customer == "new":
-            tally.inc(m.child(m.customers, funnel, channel))
+        return channel
 
     def update_stalls(self) -> None:
         self.stalls.advance(int(time.time() * 1000))
@@ -265,7 +393,7 @@ class JourneyAgent:
         users = 0
         for key, state in self.table.items():
             partition = partition_of(key, len(self.homes))
-            if partition not in active:
+            if partition not in active or identity.LINK in state:  # a linked id: its person is followed
                 continue
             tp = self.homes[partition]
             for name in state:

@@ -95,7 +95,9 @@ def naive_child(config: dict[str, Any]) -> int:
             except InvalidEvent:
                 state["invalid"] += 1
             else:
-                key = event["user_id"].encode()
+                # No identity resolution: an anonymous id is its own person here.
+                person = event["person_id"] = event["person_id"] or event["anonymous_id"]
+                key = person.encode()  # type: ignore[union-attr]
                 user = table.get(key) or {}
                 for funnel in route(event, by_name, routes):
                     apply_event(user, event, funnel)

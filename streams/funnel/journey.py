@@ -62,8 +62,9 @@ __all__ = [
 
 SEEN_LIMIT = 128
 
-#: Table value: funnel name -> funnel state (see :func:`_new_funnel_state`).
-UserState = dict[str, dict[str, Any]]
+#: Table value: funnel name -> funnel state (see :func:`_new_funnel_state`); and the
+#: identity keys of :mod:`streams.funnel.identity` (``@link``, ``@merged``), which no funnel name matches.
+UserState = dict[str, Any]
 
 
 def _new_funnel_state() -> dict[str, Any]:
@@ -123,8 +124,9 @@ def _funnel(definition: FunnelDefinition) -> _Funnel:
 def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefinition) -> JourneyResult:
     """Apply ``event`` to ``state`` in place and return what it caused.
 
-    ``state`` must be the current value for ``event['user_id']``; the caller
-    writes it back to the table after this returns.
+    ``state`` must be the current value for ``event['person_id']``, the
+    person the event counts for (set by then: see :mod:`streams.funnel.identity`);
+    the caller writes it back to the table after this returns.
     """
     info = _FUNNELS.get(id(funnel))
     if info is None or info.definition is not funnel:
@@ -136,7 +138,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     event_id = event["event_id"]
     seen: list[str] = fs["seen"]
     if event_id in seen:
-        return _replayed(fs, info, event_id, event["user_id"])
+        return _replayed(fs, info, event_id, event["person_id"])  # type: ignore[arg-type]
 
     seen.append(event_id)
     if len(seen) > SEEN_LIMIT:
@@ -186,18 +188,37 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     reached: dict[str, list[Any]] = fs["st"]
     if stage_index < 0 or stage in reached:
         if reattributed:
-            _emit_all(result, fs, info, event["user_id"])
+            _emit_all(result, fs, info, event["person_id"])  # type: ignore[arg-type]
         return result
 
     reached[stage] = [ts, event_id]
     if ts > fs["last"]:  # fs["last"] = max(fs["last"], ts)
         fs["last"] = ts
-    user = event["user_id"]
+    user: str = event["person_id"]  # type: ignore[assignment]  # set by then
     result.entries.append(
-        new_entry(name, stage, stage_index, user, ts, channel, event_id, breakdown(dims), True))
+        new_entry(name, stage, stage_index, user, ts, channel, event_id, breakdown(dims), True, 1, False))
     # The transitions the walk wants that differ from the emitted ones (new,
     # moved or retracted) get the next versions, in funnel order.
-    desired = _walk(reached, index)
+    _retransition(result, fs, info, user, channel)
+    if fs.get("drops"):
+        _retract_dropoffs(result, fs, info, user, stage_index, ts)
+    if reattributed:  # everything else the user has, under the new channel
+        changed = {t.to_stage for t in result.transitions}
+        _emit_all(result, fs, info, user, skip_entry=stage, skip_transitions=changed)
+    return result
+
+
+def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str, channel: str,
+                  counted: dict[str, Any] | None = None) -> None:
+    """The transitions the walk over ``fs``'s stages wants that differ from the emitted ones.
+
+    New, moved or retracted ones get the next versions, in funnel order; one
+    is ``first`` (a new conversion, counted) when neither ``fs`` nor
+    ``counted`` (the emitted transitions of a journey merged into it) has one
+    into its stage.
+    """
+    index = info.index
+    desired = _walk(fs["st"], index)
     emitted: dict[str, list[Any]] = fs["tr"]
     changes: list[tuple[str, str | None, list[Any] | None]] = []
     kept = 0  # emitted ones the walk still wants
@@ -221,13 +242,8 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         for to, from_stage, had in changes:
             version = fs["ver"] = fs["ver"] + 1
             emitted[to] = [from_stage, version]
-            transitions.append(_transition(fs, info, user, to, from_stage, version, channel, had is None))
-    if fs.get("drops"):
-        _retract_dropoffs(result, fs, info, user, stage_index, ts)
-    if reattributed:  # everything else the user has, under the new channel
-        changed = {t.to_stage for t in result.transitions}
-        _emit_all(result, fs, info, user, skip_entry=stage, skip_transitions=changed)
-    return result
+            first = had is None and (counted is None or to not in counted)
+            transitions.append(_transition(fs, info, user, to, from_stage, version, channel, first))
 
 
 def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> JourneyResult:
@@ -250,8 +266,8 @@ def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> Jou
     }
     result = JourneyResult(False, [], [], [], channel, "new" if purchase else "")
     if entered:
-        result.entries.append(new_entry(info.name, stage, stage_index, event["user_id"], ts, channel,
-                                        event_id, new_breakdown(*dims), True))
+        result.entries.append(new_entry(info.name, stage, stage_index, event["person_id"], ts, channel,
+                                        event_id, new_breakdown(*dims), True, 1, False))
     return result
 
 
@@ -390,11 +406,11 @@ def _emit_all(
     dims: Breakdown | None = None  # one for all: they are frozen
     for stage in sorted(reached, key=key):
         if stage != skip_entry:
-            ts, event_id = reached[stage]
+            at = reached[stage]  # [ts, event_id], and the version once a merge moved it
             if dims is None:
                 dims = breakdown(fs["dims"])
-            result.entries.append(
-                new_entry(name, stage, key(stage), user, ts, channel, event_id, dims, False))
+            result.entries.append(new_entry(name, stage, key(stage), user, at[0], channel, at[1], dims,
+                                            False, at[2] if len(at) > 2 else 1, False))
     emitted: dict[str, list[Any]] = fs["tr"]
     for to in sorted(emitted, key=key):
         if to in skip_transitions:

@@ -51,6 +51,10 @@ class StageEntry:
     dims: Breakdown = Breakdown()
     #: False when re-emitted (replay or re-attribution): metrics count new ones only.
     new: bool = True
+    #: 1, or higher once an identity merge moved the entry; ClickHouse keeps the highest.
+    version: int = 1
+    #: A tombstone: the person was merged into another (identity).
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ def event_row(e: NormalizedEvent, funnel: str, attributed_channel: str, customer
     # event_id and amount stay text: the sink sends them as such (sinks.INSERT_TYPES).
     props = e["properties"]
     return (
-        e["event_id"], e["event_type"], funnel, e["user_id"], e["ts"], e["received_at"],
+        e["event_id"], e["event_type"], funnel, e["user_id"] or "", e["anonymous_id"] or "",
+        e["person_id"], e["ts"], e["received_at"],
         e["channel"] or "", attributed_channel, e["campaign"] or "", e["product"] or "",
         e["region"] or "", e["manager"] or "", e["amount"] or "0", e["currency"] or "",
         e["order_id"] or "", e["email_hash"] or "",
@@ -32,7 +33,7 @@ def event_row(e: NormalizedEvent, funnel: str, attributed_channel: str, customer
 def entry_row(x: StageEntry) -> tuple[Any, ...]:
     d = x.dims
     return (x.funnel, x.stage, x.stage_index, x.user_id, x.ts, x.channel, x.event_id,
-            d.campaign, d.product, d.region, d.manager)
+            d.campaign, d.product, d.region, d.manager, x.version, int(x.deleted))
 
 
 def transition_row(x: Transition) -> tuple[Any, ...]:

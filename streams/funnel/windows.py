@@ -75,7 +75,7 @@ class WindowAggregator:
         return row
 
     def add_entry(self, x: StageEntry) -> None:
-        """The window membership of a stage entry (always version 1, never deleted).
+        """The window membership of a stage entry, or its tombstone (``deleted``).
 
         What ``add`` keeps for it, as a plain tuple (equal to the
         :class:`Membership`; a named tuple's constructor costs more than the
@@ -83,10 +83,11 @@ class WindowAggregator:
         """
         key = (x.funnel, ENTRY, x.stage, x.user_id)
         current = self._rows.get(key)
-        if current is None or current[8] <= 1:
+        version = x.version
+        if current is None or current[8] <= version:
             size, ts = self.size, x.ts // 1000
             self._rows[key] = (ts - ts % size, size, x.funnel, ENTRY, "", x.stage, x.channel,  # type: ignore[assignment]
-                               x.user_id, 1, 0)
+                               x.user_id, version, int(x.deleted))
 
     def add_transition(self, x: Transition) -> Membership:
         """The window membership of a transition, a correction or a tombstone (``deleted``)."""

@@ -30,13 +30,15 @@ def make_event() -> MakeEvent:
     """Factory of normalized events (what the ingest agent passes on).
 
     ``at`` is seconds after :data:`BASE_MS`; event ids are deterministic and
-    unique within a test unless one is given (to make a duplicate).
+    unique within a test unless one is given (to make a duplicate). The
+    person is the user id unless ``person_id`` is given (an anonymous id's
+    event is ``make("visit", None, anonymous_id="a1", person_id=None)``).
     """
     counter = itertools.count(1)
 
     def make(
         event_type: str = "visit",
-        user_id: str = "u1",
+        user_id: str | None = "u1",
         at: float = 0,
         *,
         funnel: str = "default",
@@ -50,6 +52,8 @@ def make_event() -> MakeEvent:
             "event_type": event_type,
             "funnel": funnel,
             "user_id": user_id,
+            "anonymous_id": None,
+            "person_id": user_id,
             "ts": ts,
             "received_at": ts,
             "channel": channel,

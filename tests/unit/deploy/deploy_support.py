@@ -52,6 +52,9 @@ COUNTERS = (
     "funnel_dropoffs",
     "funnel_customers",
     "funnel_spend",
+    "funnel_stage_entries_merged",
+    "funnel_identity_links",
+    "funnel_identity_conflicts",
 )
 HISTOGRAMS = (
     "funnel_transition_duration_seconds",

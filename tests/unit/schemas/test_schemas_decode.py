@@ -129,7 +129,8 @@ def test_valid_visit_is_normalized_completely(decoder: Decoder) -> None:
                properties={"utm": "spring", "n": 2, "x": 1.5, "ok": True, "none": None})
     assert decode(decoder, data) == {
         "event_id": EVENT_ID, "event_type": "visit", "funnel": None, "user_id": "u1",
-        "anonymous_id": None, "person_id": "u1", "ts": TS_MS, "received_at": NOW_MS, "channel": "Ads", "campaign": None, "product": None,
+        "anonymous_id": None, "person_id": "u1", "ts": TS_MS, "received_at": NOW_MS, "channel": "Ads",
+        "campaign": None, "product": None,
         "region": "eu", "manager": None, "amount": None, "currency": None, "order_id": None,
         "email_hash": None, "properties": {"utm": "spring", "n": 2, "x": 1.5, "ok": True, "none": None},
         "source": "funnel.visit:0:7",

@@ -37,7 +37,7 @@ def load_events(
             rows["stage_entries"].extend(entry_row(x) for x in result.entries)
             rows["transitions"].extend(transition_row(x) for x in result.transitions)
             for x in result.entries:
-                windows.add(x.ts, x.funnel, "entry", "", x.stage, x.channel, x.user_id)
+                windows.add_entry(x)
             for t in result.transitions:
                 windows.add(t.ts, t.funnel, TRANSITION, t.from_stage, t.to_stage, t.channel,
                             t.user_id, t.version, t.deleted)

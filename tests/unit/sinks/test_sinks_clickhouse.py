@@ -228,7 +228,8 @@ TS = [1_769_860_800_123, 0, 4_102_444_799_999]  # 2026, the epoch, 2099-12-31T23
 
 def every_kind_of_row() -> dict[str, list[tuple]]:
     """Rows of every table with edge values in each column type (as the callers build them)."""
-    event = {"event_id": UUIDS[0], "event_type": "purchase", "user_id": "u-ünï 1", "ts": TS[0],
+    event = {"event_id": UUIDS[0], "event_type": "purchase", "user_id": "u-ünï 1",
+             "anonymous_id": "a-ünï ☃", "person_id": "u-ünï 1", "ts": TS[0],
              "received_at": TS[0] + 999, "channel": "ads", "campaign": "spring", "product": "pro",
              "region": "eu", "manager": "bob", "currency": "EUR", "order_id": "o-1",
              "email_hash": "ab" * 32, "source": "funnel.purchase:3:42"}
@@ -238,12 +239,14 @@ def every_kind_of_row() -> dict[str, list[tuple]]:
     events = []
     for i, amount in enumerate(amounts):
         e: Any = {**event, "event_id": UUIDS[i], "amount": amount, "ts": TS[i % 3],
-                  "properties": props[i % 3], "channel": None if i == 1 else "ads"}
+                  "properties": props[i % 3], "channel": None if i == 1 else "ads",
+                  "user_id": None if i == 2 else event["user_id"]}
         events.append(event_row(e, "default", "ads", ["new", "returning", ""][i % 3]))
     entries = [
         entry_row(StageEntry(funnel="default", stage="visit", stage_index=i, user_id=f"u{i}", ts=TS[i],
                              channel="seo", event_id=UUIDS[i],
-                             dims=Breakdown(campaign=f"c{i}", product="pro", region="eu", manager="")))
+                             dims=Breakdown(campaign=f"c{i}", product="pro", region="eu", manager=""),
+                             version=[1, 4_294_967_295, 2][i], deleted=i == 1))
         for i in range(3)
     ]
     transitions = [
@@ -268,9 +271,11 @@ def every_kind_of_row() -> dict[str, list[tuple]]:
              (UUIDS[2], "seo", "", "0", "EUR", TS[0], TS[2], "", TS[0])]
     stages = [("default", "visit", 0, 5, 2_592_000, "first_touch",
                datetime(2026, 1, 31, 12, 0, 0, 123000, tzinfo=UTC))]
+    identities = [("a-ünï ☃", "u-ünï 1", TS[0], "funnel.signup:1:7", UUIDS[3], "linked"),
+                  ("a-2", "", TS[2], "", UUIDS[4], "conflict")]
     return {"events": events, "stage_entries": entries, "transitions": transitions,
             "stage_counts": list(agg.rows()), "dropoffs": dropoffs, "spend": spend,
-            "funnel_stages": stages}
+            "funnel_stages": stages, "identities": identities}
 
 
 def stored(client: Client, database: str, table: str) -> Any:

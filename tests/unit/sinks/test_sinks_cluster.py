@@ -48,10 +48,7 @@ def test_the_cluster_schema_names_the_cluster_and_replicated_engines_everywhere(
         order_by = re.search(r"ORDER BY \((.*?)\)", local, re.S)
         assert order_by, local
         key_columns = set(re.findall(r"\w+", SHARDING[table].removeprefix("cityHash64"))) - {"cityHash64"}
-        if table == "events":  # an event's id always comes with the same user
-            assert key_columns == {"user_id"}
-        else:
-            assert key_columns <= {c.strip() for c in order_by.group(1).split(",")}, table
+        assert key_columns <= {c.strip() for c in order_by.group(1).split(",")}, table
     # The versioned engines keep their version and is_deleted arguments.
     transitions = next(s for s in cluster
                        if s.startswith("CREATE TABLE IF NOT EXISTS funnel.transitions_local"))

@@ -54,7 +54,8 @@ def _events() -> list[NormalizedEvent]:
             extra = {"amount": amount, "currency": "EUR"} if amount else {"amount": None, "currency": None}
             events.append(NormalizedEvent(  # type: ignore[typeddict-item]
                 event_id=f"00000000-0000-4000-8000-{ord(user):06d}{i:06d}", event_type=stage,
-                funnel=None, user_id=user, ts=ts, received_at=ts, channel=dims.get("channel"),
+                funnel=None, user_id=user, anonymous_id=None, person_id=user, ts=ts, received_at=ts,
+                channel=dims.get("channel"),
                 campaign=dims.get("campaign"), product=dims.get("product"), region=dims.get("region"),
                 manager=dims.get("manager"), order_id=None, email_hash=None, properties={}, source="",
                 **extra,

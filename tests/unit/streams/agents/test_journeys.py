@@ -18,7 +18,8 @@ def _journey(user: str, stage_count: int) -> UserState:
     for n, stage in enumerate(EVENT_TYPES[:stage_count]):
         event: dict[str, Any] = {
             "event_id": f"00000000-0000-4000-8000-{n:012d}", "event_type": stage, "funnel": None,
-            "user_id": user, "ts": ts + n, "received_at": ts + n, "channel": "ads", "campaign": None,
+            "user_id": user, "anonymous_id": None, "person_id": user, "ts": ts + n, "received_at": ts + n,
+            "channel": "ads", "campaign": None,
             "product": None, "region": None, "manager": None, "amount": None, "currency": None,
             "order_id": None, "email_hash": None, "properties": {}, "source": "",
         }
