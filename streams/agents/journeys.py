@@ -281,23 +281,30 @@ class JourneyAgent:
 
     def _merge(self, event: EventT, record: dict[str, Any], dirty: dict[bytes, tuple[UserState, EventT]],
                touched: dict[tuple[bytes, str], Any], tp: Any, out: _Identified) -> None:
-        """A merge record: the anonymous journey joins the person's (or, seen before, their rows again)."""
+        """A merge record: the anonymous journey joins the person's.
+
+        One seen before (a replay) is merged again - a merge of what is
+        already there changes nothing, and a replay may carry a stage the
+        first record did not - and the person's rows are written again; its
+        counts are not counted again.
+        """
         person, anonymous = record["user_id"], record["merge"]
         key = person.encode()
         cached = dirty.get(key)
         state = cached[0] if cached is not None else (self.table.get(key) or {})
         dirty[key] = (state, event)
-        if identity.merged_before(state, anonymous):
-            for _, result in identity.replay_rows(state, self.funnels, person):
-                out.add(result)
-            return
+        again = identity.merged_before(state, anonymous)
         m = self.metrics
         for name, result, both in identity.merge(state, anonymous, record["journey"], self.funnels, person):
             out.add(result)
             touched[key, name] = tp
-            for stage in both:
-                out.tally.inc(m.child(m.stage_entries_merged, name, stage))
-            self._count_progress(out.tally, name, result)
+            if not again:
+                for stage in both:
+                    out.tally.inc(m.child(m.stage_entries_merged, name, stage))
+                self._count_progress(out.tally, name, result)
+        if again:
+            for _, result in identity.replay_rows(state, self.funnels, person):
+                out.add(result)
 
     def _expire_windows(self, sink: ClickHouseSink, tally: Tally, anchors: dict[Any, EventT],
                         dirty: dict[bytes, tuple[UserState, EventT]], now_ms: int) -> None:

@@ -22,10 +22,13 @@ Where the decisions are taken (the journey agent, ``streams.agents.journeys``):
   forwarded there as events with their ``person_id`` set.
 * Replays: the link is kept with the event id that made it, and the
   anonymous journey stays in the table next to it. Replaying that event
-  (a crash before its batch was acknowledged) retracts and sends the same
-  journey again; the person remembers the anonymous ids it merged
-  (:data:`MERGED`), so a merge record seen again is not merged twice - its
-  rows are emitted again instead, as a replayed event's are.
+  (a crash before its batch was acknowledged) retracts and sends the
+  journey again - the same one, or one with more stages when the replay
+  applied more of the anonymous id's events before the link than the first
+  attempt did (they come from five topics). Merging is idempotent (earliest
+  entries, united sets), so a merge record seen again is merged again and the
+  person's rows are written again; the person remembers the anonymous ids it
+  merged (:data:`MERGED`) so that its counts are not counted twice.
 
 Merging (:func:`merge`): one entry per stage, at the earliest time of the
 two; transitions recomputed over the merged stages (a transition either
@@ -171,11 +174,13 @@ def merge(state: UserState, anonymous: str, journey: dict[str, dict[str, Any]],
 
     Returns, per funnel, what changed for the person (entries are never
     ``new``: each journey counted its own) and the stages both journeys had
-    entered (counted twice). The caller checks :func:`merged_before` first.
+    entered (counted twice). Merging a journey again changes nothing it
+    already gave; the caller checks :func:`merged_before` not to count twice.
     """
     merged: list[str] = state.setdefault(MERGED, [])
-    merged.append(anonymous)
-    del merged[: max(0, len(merged) - MERGED_LIMIT)]
+    if anonymous not in merged:
+        merged.append(anonymous)
+        del merged[: max(0, len(merged) - MERGED_LIMIT)]
     out = []
     for name, theirs in journey.items():
         definition = funnels.get(name)

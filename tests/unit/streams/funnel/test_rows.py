@@ -17,7 +17,8 @@ def test_event_row_follows_the_events_columns(make_event) -> None:
     row = dict(zip(COLUMNS["events"], event_row(e, "default", "ads", "new"), strict=True))
     assert row == {
         "event_id": e["event_id"], "event_type": "purchase", "funnel": "default", "user_id": "u1",
-        "anonymous_id": "", "person_id": "u1", "ts": e["ts"], "received_at": e["received_at"], "channel": "", "attributed_channel": "ads",
+        "anonymous_id": "", "person_id": "u1", "ts": e["ts"], "received_at": e["received_at"],
+        "channel": "", "attributed_channel": "ads",
         "campaign": "", "product": "", "region": "", "manager": "", "amount": "19.90",
         "currency": "EUR", "order_id": "", "email_hash": "",
         "properties": {"utm": "x", "n": "2", "ok": "true", "none": "null"}, "source": "",
