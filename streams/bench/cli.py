@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="run `python -m MODULE` as the worker instead of `streams.tools.cli worker` "
                    "(a prototype launcher)")
     p.add_argument("--seed", type=int, default=1, help="traffic seed (default 1)")
+    p.add_argument("--identity", action="store_true",
+                   help="traffic as `funnel generate --identity` sends it: anonymous visits, the link at "
+                   "the next stage, user ids after (the cost of identity against a run without)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record each worker with py-spy while it drains (DIR/<worker>.txt, collapsed "
@@ -120,7 +123,8 @@ def run(args: argparse.Namespace) -> Report:
     worker_env = parse_env(args.worker_env)
     report = Report(machine=machine_info(), sizes={**asdict(sizes), "mode": "full" if args.full else "quick",
                                                    "worker_env": worker_env,
-                                                   "worker_module": args.worker_module})
+                                                   "worker_module": args.worker_module,
+                                                   "identity": args.identity})
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="funnel-bench-")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(enabled=not args.quiet)
@@ -135,7 +139,8 @@ def run(args: argparse.Namespace) -> Report:
                       report, progress, args.profile.resolve() if args.profile else None,
                       worker_env, args.worker_module,
                       # For the CPU split in the details; the broker keeps its process private.
-                      broker_pid=getattr(getattr(broker, "_proc", None), "pid", None))
+                      broker_pid=getattr(getattr(broker, "_proc", None), "pid", None),
+                      identity=args.identity)
         timed = _Timer(report)
         if {"ceiling", "naive", "core", "pipeline", "freshness"} & set(stages):
             with timed("produce"):

@@ -46,6 +46,7 @@ class Context:
     worker_module: str | None = None
     broker_pid: int | None = None
     prefix: str = ""
+    identity: bool = False  # the traffic links anonymous visitors at signup (generate --identity)
     messages: list[Message] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)
     sent: int = 0
@@ -63,7 +64,7 @@ class Context:
 def stage_preproduce(ctx: Context) -> None:
     ctx.prefix = f"bench-{uuid.uuid4().hex[:8]}."
     ctx.progress(f"traffic: planning {ctx.sizes.events} events", force=True)
-    ctx.messages, ctx.truth = realistic_traffic(ctx.sizes.events, seed=ctx.seed)
+    ctx.messages, ctx.truth = realistic_traffic(ctx.sizes.events, seed=ctx.seed, identity=ctx.identity)
     started = time.monotonic()
 
     async def run() -> int:

@@ -141,6 +141,14 @@ def stage_core(ctx: Context) -> None:
               for m in ctx.messages for _ in range(m.copies)]
     seconds = {"ingest": 0.0, "journey": 0.0}
 
+    async def journeys(stream: _Stream) -> None:
+        """`normalized` so far to the journey agent (which may send more: forwarded events, merges)."""
+        batch, normalized.sent = envelopes(normalized.sent), []
+        began = time.perf_counter()
+        await (await pipeline.journey.batch(stream, batch))()  # type: ignore[arg-type]
+        collector.batch_done()
+        seconds["journey"] += time.perf_counter() - began
+
     async def run() -> None:
         stream, size = _Stream(), settings.batch_max_events
         for i in range(0, len(source), size):
@@ -149,12 +157,10 @@ def stage_core(ctx: Context) -> None:
             await (await pipeline.ingest.batch(stream, batch))()  # type: ignore[arg-type]
             collector.batch_done()
             seconds["ingest"] += time.perf_counter() - began
-            batch, normalized.sent = envelopes(normalized.sent), []
-            began = time.perf_counter()
-            await (await pipeline.journey.batch(stream, batch))()  # type: ignore[arg-type]
-            collector.batch_done()
-            seconds["journey"] += time.perf_counter() - began
+            await journeys(stream)
             ctx.progress(f"core: {min(i + size, len(source))}/{len(source)} events")
+        while normalized.sent:
+            await journeys(stream)
 
     thresholds = gc.get_threshold()
     tune_gc()  # as a worker runs

@@ -48,7 +48,8 @@ def stage_freshness(ctx: Context, worker: WorkerProcess) -> None:
     ctx.progress(f"freshness: planning {n} events", force=True)
     # Fresh users, no duplicates: every message is one events row and the
     # counters map one to one onto production order.
-    messages, _ = realistic_traffic(n, seed=ctx.seed + 1, rate=sizes.fresh_rate, duplicate_rate=0.0)
+    messages, _ = realistic_traffic(n, seed=ctx.seed + 1, rate=sizes.fresh_rate, duplicate_rate=0.0,
+                                    identity=ctx.identity)
     worker.wait_ready()
     base_entries = metric_sum(worker.metrics(), "funnel_stage_entries_total")
     # Rows the worker received from now on: the backlog before (drained) has

@@ -22,18 +22,19 @@ class Message(NamedTuple):
         return b"%s%d}" % (self.head, ts_ms)
 
 
-def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate_rate: float = 0.01
-                      ) -> tuple[list[Message], dict[str, Any]]:
+def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate_rate: float = 0.01,
+                      identity: bool = False) -> tuple[list[Message], dict[str, Any]]:
     """``events`` distinct events of the generator's traffic, on a virtual clock of ``rate``/s.
 
     Uses the generator's own planning (users, channels, conversions, skips,
-    repeat purchases, duplicates), so the bench reads what `funnel generate`
-    would send; returns the messages and the generator's ground truth.
+    repeat purchases, duplicates, ``identity``), so the bench reads what
+    `funnel generate` would send; returns the messages and the generator's
+    ground truth.
     """
     # The generator's planner, driven by a virtual clock instead of the wall clock.
-    from streams.tools.generator import TrafficSpec, _Traffic
+    from streams.tools.generator import TrafficSpec, _Traffic, message_key
 
-    traffic = _Traffic(TrafficSpec(rate=rate, seed=seed, duplicate_rate=duplicate_rate))
+    traffic = _Traffic(TrafficSpec(rate=rate, seed=seed, duplicate_rate=duplicate_rate, identity=identity))
     truth = traffic.truth
     out: list[Message] = []
     tick, now, budget = 0.02, 0.0, 0.0
@@ -50,7 +51,7 @@ def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate
             budget -= 1
             payload = planned.payload
             head = json.dumps(payload)[:-1].encode() + b', "ts": '
-            out.append(Message(planned.event_type, payload["user_id"].encode(), head,
+            out.append(Message(planned.event_type, message_key(payload), head,
                                round(now * 1000), 1 + planned.duplicate,
                                planned.previous != planned.event_type))
             truth.record(planned)

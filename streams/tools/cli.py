@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--duplicate-rate", type=float, default=0.01, help="share of events sent twice")
     g.add_argument("--invalid-rate", type=float, default=0.0, help="share of malformed messages added")
     g.add_argument("--stage-delay", type=float, default=2.0, help="mean seconds between stages")
+    g.add_argument("--identity", action="store_true",
+                   help="visits carry only an anonymous id, the next stage both ids (the link), "
+                   "later events only the user id")
     g.add_argument("--truth", type=Path, default=None, help="write the ground truth JSON here")
 
     sub.add_parser("migrate", help="apply the ClickHouse DDL (idempotent)",
@@ -162,7 +165,7 @@ def _spec(args: argparse.Namespace) -> Any:
         rate=args.rate, users=args.users, duration=args.duration, seed=args.seed,
         funnel=args.funnel, channel_mix=mix, conversion=conversion, skip_rate=args.skip_rate,
         repeat_purchase=args.repeat_purchase, duplicate_rate=args.duplicate_rate,
-        invalid_rate=args.invalid_rate, stage_delay=args.stage_delay,
+        invalid_rate=args.invalid_rate, stage_delay=args.stage_delay, identity=args.identity,
     )
 
 

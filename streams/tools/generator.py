@@ -36,7 +36,7 @@ from schemas import EVENT_TYPES
 from streams.kafka_security import check_connection, client_options
 from streams.settings import Settings, split_brokers
 
-__all__ = ["GroundTruth", "TrafficSpec", "plan_user", "run_generator"]
+__all__ = ["GroundTruth", "TrafficSpec", "message_key", "plan_user", "run_generator"]
 
 log = logging.getLogger("funnel.generate")
 
@@ -71,6 +71,11 @@ class TrafficSpec:
     duplicate_rate: float = 0.01
     invalid_rate: float = 0.0
     stage_delay: float = 2.0
+    #: Identity as a web site sends it: visits carry only an anonymous id, the
+    #: next stage (the signup, or what a skip leads to) carries both ids (the
+    #: link), later events only the user id; each message is keyed by the id
+    #: it carries (the user id when both).
+    identity: bool = False
 
 
 @dataclass
@@ -172,6 +177,7 @@ class _Traffic:
     def start_user(self, now: float) -> None:
         self.started_users += 1
         user = f"u-{self._uuid()[:13]}"
+        anonymous = f"a-{self._uuid()}" if self.spec.identity else None
         channel = self._pick_channel()
         campaign = self.rng.choice(CAMPAIGNS.get(channel, [""])) or None
         product, price = self.rng.choice(PRODUCTS)
@@ -183,6 +189,10 @@ class _Traffic:
                 "event_id": self._uuid(), "user_id": user,
                 "channel": channel, "campaign": campaign, "product": product, "region": region,
             }
+            if anonymous is not None and previous in (None, "visit"):  # before and at the link
+                payload["anonymous_id"] = anonymous
+                if event_type == "visit":
+                    del payload["user_id"]
             if self.spec.funnel:
                 payload["funnel"] = self.spec.funnel
             if event_type in ("consultation", "purchase"):
@@ -212,6 +222,11 @@ class _Traffic:
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
+
+
+def message_key(payload: dict[str, Any]) -> bytes:
+    """The key a message is sent with: its user id, else its anonymous id."""
+    return str(payload.get("user_id") or payload["anonymous_id"]).encode()
 
 
 def _malformed(rng: random.Random) -> bytes:
@@ -256,7 +271,7 @@ async def run_generator(
                 payload["ts"] = int(time.time() * 1000)
                 topic = settings.topic(event.event_type)
                 body = json.dumps(payload).encode()
-                key = payload["user_id"].encode()
+                key = message_key(payload)
                 await producer.send(topic, body, key=key)
                 if event.duplicate:
                     await producer.send(topic, body, key=key)

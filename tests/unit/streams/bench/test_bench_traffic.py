@@ -36,3 +36,25 @@ def test_visit_traffic_is_one_valid_visit_per_distinct_user() -> None:
     users = {decoder.decode(m.value(NOW_MS), "visit", NOW_MS)["user_id"] for m in messages}
     assert len(users) == 1_000
     assert {m.event_type for m in messages} == {"visit"}
+
+
+def test_identity_traffic_is_anonymous_until_the_signup_links() -> None:
+    """`--identity`: visits by anonymous id, the next stage with both ids, later stages by user id."""
+    messages, truth = realistic_traffic(3_000, seed=7, identity=True)
+    assert truth == realistic_traffic(3_000, seed=7, identity=True)[1]
+    decoder = Decoder(["default"])
+    ids: dict[str, set[tuple[bool, bool]]] = {}
+    anonymous_of: dict[str, str] = {}
+    for m in messages:
+        event = decoder.decode(m.value(NOW_MS + m.offset_ms), m.event_type, NOW_MS + 10**8)
+        user, anonymous = event["user_id"], event["anonymous_id"]
+        ids.setdefault(m.event_type, set()).add((user is not None, anonymous is not None))
+        if m.event_type == "signup":
+            assert user and anonymous
+        assert m.key == (user or anonymous or "").encode()
+        if user and anonymous:
+            assert anonymous_of.setdefault(user, anonymous) == anonymous  # one device per user
+    assert ids["visit"] == {(False, True)}
+    assert ids["webinar"] == {(True, False), (True, True)}  # the link, when the user skipped the signup
+    linked = sum(n for move, n in truth["transitions"].items() if move.startswith("visit->"))
+    assert len(anonymous_of) == linked
