@@ -224,8 +224,13 @@ class JourneyAgent:
             self.last_event_ms = max(self.last_event_ms or 0, decoded[-1][2]["ts"])
 
         async def finish() -> None:
-            await sink.write_taken(rows, token)
+            # The table first: ClickHouse must never hold a row version the
+            # changelog does not know. Rows written before a crash lost the
+            # batch's changelog would be ahead of the state a restart gets
+            # back, and the replay could give the same version to other
+            # content (a replay may apply a person's events in another order).
             await asyncio.gather(*delivered)
+            await sink.write_taken(rows, token)
 
         return finish
 

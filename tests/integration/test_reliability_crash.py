@@ -1,10 +1,12 @@
 """Reliability (issue 4): restarts and SIGKILL while a generated stream is processed.
 
-A seeded `funnel generate` run with a known ground truth is consumed by a
-worker that is killed with SIGKILL three times at random points of its progress and restarted
-(each restart reopens the embedded ClickHouse the dead worker owned). At the
-end ClickHouse holds exactly the ground truth, and no user ever got two
-different entry events for one stage. A smaller test first checks that a
+A seeded `funnel generate --identity` run with a known ground truth is
+consumed by a worker that is killed with SIGKILL three times at random points
+of its progress and restarted (each restart reopens the embedded ClickHouse
+the dead worker owned). Visitors are anonymous until their next stage links
+them to a user id (issue 18), so the kills land amid links and merges. At the
+end ClickHouse holds exactly the ground truth, counted by person, and no
+person ever got two different entry events for one stage. A smaller test first checks that a
 restarted worker gets its journeys table back from the changelog at all.
 """
 
@@ -23,6 +25,7 @@ from .harness import (
     bootstrap_of,
     event,
     generating,
+    load_truth,
     pipeline_lag,
     produce,
     start_worker,
@@ -79,7 +82,8 @@ def test_sigkill_three_times_then_exact(pipeline_env: dict[str, str], tmp_path: 
     try:
         with generating(
             pipeline_env, truth, "--seed", str(SEED), "--users", str(USERS), "--rate", "20000",
-            "--stage-delay", "0.5", "--duplicate-rate", "0.01", log_path=tmp_path / "generate.log",
+            "--stage-delay", "0.5", "--duplicate-rate", "0.01", "--identity",
+            log_path=tmp_path / "generate.log",
         ) as generator:
             # Each kill comes at a random point of the stream's progress (events
             # in ClickHouse), not of the clock: a worker that keeps up with the
@@ -101,6 +105,11 @@ def test_sigkill_three_times_then_exact(pipeline_env: dict[str, str], tmp_path: 
         elapsed = time.monotonic() - started
         assert len({w.proc.pid for w in workers}) == KILLS + 1
         events = assert_exact_truth(workers[-1], truth)
+        linked = workers[-1].scalar("SELECT count() FROM funnel.identities FINAL WHERE status = 'linked'")
+        assert linked == sum(n for move, n in load_truth(truth)["transitions"].items()
+                             if move.startswith("visit->"))
+        assert workers[-1].scalar("SELECT count() FROM funnel.stage_entries FINAL WHERE user_id IN "
+                                  "(SELECT anonymous_id FROM funnel.identities FINAL)") == 0
         assert events >= MIN_EVENTS, f"only {events} events: raise USERS"
         print(f"crash: {events} events exact after {KILLS} kills in {elapsed:.0f}s "
               f"({events / elapsed:.0f} events/s including restarts)")
