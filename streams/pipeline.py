@@ -4,9 +4,11 @@ Data flow (README, "Data flow"; docs/architecture.md names each step's module):
 
     funnel.<type> x5 --ingest--> funnel.normalized (keyed by person, else anonymous id)
                      \\--------> funnel.dead-letter (raw bytes + reason headers)
-                     \\--------> journeys, for events keyed by user id
+                     \\--------> journeys, for events keyed that way
                                  in the partition `normalized` would use
-    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs
+    funnel.normalized --journey--> funnel.normalized: an anonymous id's events and
+                                   journey, forwarded to its person once linked
+    funnel.normalized --journey--> ClickHouse events/stage_entries/transitions/dropoffs/identities
                                    and stage_counts (window memberships, same batch)
     funnel.spend --spend--> ClickHouse spend
 

@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"the event type ({', '.join(EVENT_TYPES)}) and/or the event as a JSON "
                    "object; '-' reads the JSON from standard input")
     e.add_argument("--user", dest="user_id", help="user id")
+    e.add_argument("--anonymous-id", help="anonymous (cookie, device) id; with --user it links the two")
     for flag, what in (("funnel", "funnel name (default: every funnel with this stage)"),
                        ("channel", "traffic channel, e.g. ads"), ("campaign", "campaign"),
                        ("product", "product"), ("region", "region"), ("manager", "sales manager"),
@@ -325,12 +326,13 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
 
     now_ms = int(time.time() * 1000)
     fields = {k: getattr(args, k) for k in (
-        "user_id", "funnel", "channel", "campaign", "product", "region", "manager", "amount",
+        "user_id", "anonymous_id", "funnel", "channel", "campaign", "product", "region", "manager", "amount",
         "currency", "order_id", "email", "ts", "event_id")}
     decoder = Decoder(load_funnels(settings.funnels_file).by_name,
                       max_bytes=settings.max_message_bytes, max_future_seconds=settings.max_future_seconds)
     try:
-        event_type, text, where = _emit_inputs(args.event, args.user_id is not None)
+        event_type, text, where = _emit_inputs(args.event, args.user_id is not None
+                                               or args.anonymous_id is not None)
         body = parse_json(text, where) if text is not None else None
         event_type, payload = build_event(event_type, body, fields, args.property, now_ms)
         raw = validate(decoder, event_type, payload, now_ms)
@@ -339,14 +341,15 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"emit: valid {event_type} event, not sent (--dry-run)", file=sys.stderr)
             return 0
         topic = settings.topic(event_type)
-        partition, offset = asyncio.run(send(settings, topic, str(payload["user_id"]).encode(), raw))
+        who = str(payload.get("user_id") or payload.get("anonymous_id"))
+        partition, offset = asyncio.run(send(settings, topic, who.encode(), raw))
     except SendError as exc:
         print(f"emit: {exc}", file=sys.stderr)
         return 1
     except EmitError as exc:
         print(f"emit: {exc}", file=sys.stderr)
         return 2
-    print(f"emit: sent {event_type} {payload['event_id']} for user {payload['user_id']} "
+    print(f"emit: sent {event_type} {payload['event_id']} for {who} "
           f"to {topic} (partition {partition}, offset {offset})")
     return 0
 

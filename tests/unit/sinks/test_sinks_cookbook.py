@@ -8,7 +8,8 @@ The data set (hours before now): seven users through the default funnel.
   e  social/launch eu       visit 400                                -> cold, out of its window
   f  ads/retarget na        visit 1                                  -> hot
   g  email/news  eu pro     visit 30, signup 29, webinar 28, consultation 27
-and 300 EUR of ads spend over the last 100 hours.
+and 300 EUR of ads spend over the last 100 hours. a's visit came with a cookie
+id too (the link); the cookie was later sent with b's user id (a conflict).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ USERS: dict[str, tuple[dict[str, str], list[tuple[str, float, str | None]]]] = {
     "g": ({"channel": "email", "campaign": "news", "region": "eu", "product": "pro", "manager": "alice"},
           [("visit", 30, None), ("signup", 29, None), ("webinar", 28, None), ("consultation", 27, None)]),
 }
+COOKIE = "cookie-a"
 NOW_MS = int(time.time() * 1000)  # set again when the data set is loaded (the views use now())
 
 
@@ -54,7 +56,8 @@ def _events() -> list[NormalizedEvent]:
             extra = {"amount": amount, "currency": "EUR"} if amount else {"amount": None, "currency": None}
             events.append(NormalizedEvent(  # type: ignore[typeddict-item]
                 event_id=f"00000000-0000-4000-8000-{ord(user):06d}{i:06d}", event_type=stage,
-                funnel=None, user_id=user, anonymous_id=None, person_id=user, ts=ts, received_at=ts,
+                funnel=None, user_id=user, anonymous_id=COOKIE if (user, i) == ("a", 0) else None,
+                person_id=user, ts=ts, received_at=ts,
                 channel=dims.get("channel"),
                 campaign=dims.get("campaign"), product=dims.get("product"), region=dims.get("region"),
                 manager=dims.get("manager"), order_id=None, email_hash=None, properties={}, source="",
@@ -107,6 +110,9 @@ EXPECTED: dict[int, Any] = {
          ("na", "pro", "visit", 1), ("na", "starter", "visit", 1)],
     11: [(1, 3), (2, 2), (4, 1), (5, 1)],
     13: [("ads", "EUR", 300.0, 1, 300.0, -0.667)],  # a is ads' one new customer in the period
+    14: [("visit", COOKIE, "a", "a"), ("signup", "", "a", "a"), ("webinar", "", "a", "a"),
+         ("consultation", "", "a", "a"), ("purchase", "", "a", "a")],
+    15: [("conflict", 1, 1, 1), ("linked", 1, 1, 1)],
 }
 
 
@@ -120,6 +126,9 @@ def cookbook_db(chdb_client: Client) -> Any:
     spend = ("00000000-0000-4000-8000-000000000013", "ads", "", "300", "EUR", NOW_MS - 100 * H, NOW_MS,
              "", NOW_MS)
     chdb_client.insert(f"{database}.spend", [spend], column_names=COLUMNS["spend"])
+    links = [(COOKIE, "a", NOW_MS - 50 * H, "", "00000000-0000-4000-8000-000000000014", "linked"),
+             (COOKIE, "b", NOW_MS - 48 * H, "", "00000000-0000-4000-8000-000000000015", "conflict")]
+    chdb_client.insert(f"{database}.identities", links, column_names=COLUMNS["identities"])
     yield database
     chdb_client.command(f"DROP DATABASE IF EXISTS {database}")
 

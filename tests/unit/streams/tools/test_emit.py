@@ -137,3 +137,15 @@ def test_cli_without_a_broker_says_so(capsys: pytest.CaptureFixture[str]) -> Non
     code, _, err = _run(capsys, "visit", "--user", "u1")
     assert code == 1
     assert err.strip() == "emit: FUNNEL_KAFKA_URL is not set (e.g. kafka://localhost:9092)"
+
+
+def test_cli_sends_anonymous_ids_and_links(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "visit", "--anonymous-id", "cookie-7", "--dry-run")
+    assert code == 0, err
+    assert json.loads(out)["anonymous_id"] == "cookie-7" and "user_id" not in json.loads(out)
+    code, out, err = _run(capsys, "signup", "--anonymous-id", "cookie-7", "--user", "u3", "--dry-run")
+    assert code == 0 and (json.loads(out)["anonymous_id"], json.loads(out)["user_id"]) == ("cookie-7", "u3")
+    code, out, err = _run(capsys, '{"event_type": "visit"}', "--dry-run")
+    assert (code, out) == (2, "")
+    assert err.strip() == ("emit: invalid visit event: neither user_id nor anonymous_id is set "
+                           "(reason: missing_identity)")
