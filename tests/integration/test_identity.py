@@ -12,6 +12,7 @@ the person counts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -78,7 +79,7 @@ def traffic(now_ms: int, seed: int = 18) -> tuple[list[tuple[str, bytes, bytes]]
             stages.append("purchase")
             first_touch[user] = "partner"
         entries.update(stages)
-        transitions.update(f"{a}->{b}" for a, b in zip(stages, stages[1:], strict=False))
+        transitions.update(f"{a}->{b}" for a, b in itertools.pairwise(stages))
     rng.shuffle(messages)
     truth = {"entries": dict(entries), "transitions": dict(transitions), "first_touch": first_touch,
              "linked": linked}
@@ -139,9 +140,11 @@ def test_anonymous_visitors_become_persons_counted_once(worker: Worker, pipeline
     assert persons_of_visits == VISITORS
 
 
-def test_sending_it_again_changes_nothing(worker: Worker, pipeline_env: dict[str, str], tmp_path: Path) -> None:
+def test_sending_it_again_changes_nothing(
+    worker: Worker, pipeline_env: dict[str, str], tmp_path: Path,
+) -> None:
     """Every message twice (a producer retrying everything): same persons, same metrics."""
-    messages, truth = traffic(int(time.time() * 1000), seed=19)
+    messages, _ = traffic(int(time.time() * 1000), seed=19)
     messages = messages[:1_500]
     prefix = pipeline_env["FUNNEL_TOPIC_PREFIX"]
     out = []
