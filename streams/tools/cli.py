@@ -341,7 +341,7 @@ def _cmd_emit(args: argparse.Namespace, settings: Settings) -> int:
             print(f"emit: valid {event_type} event, not sent (--dry-run)", file=sys.stderr)
             return 0
         topic = settings.topic(event_type)
-        who = str(payload.get("user_id") or payload.get("anonymous_id"))
+        who = str(payload.get("anonymous_id") or payload.get("user_id"))
         partition, offset = asyncio.run(send(settings, topic, who.encode(), raw))
     except SendError as exc:
         print(f"emit: {exc}", file=sys.stderr)

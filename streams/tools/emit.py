@@ -4,7 +4,7 @@ The event is built from a JSON object (argument or stdin) and/or flags, gets
 an ``event_id`` (a new UUID) and a ``ts`` (now) unless it has them, and is
 validated exactly as the ingest agent will validate it
 (:class:`schemas.Decoder`), so an event that is sent is never dead-lettered
-for its content. It goes to the event type's topic, keyed by its user id (else its anonymous id).
+for its content. It goes to the event type's topic, keyed by its anonymous id (else its user id).
 """
 
 from __future__ import annotations

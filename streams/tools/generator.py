@@ -74,7 +74,7 @@ class TrafficSpec:
     #: Identity as a web site sends it: visits carry only an anonymous id, the
     #: next stage (the signup, or what a skip leads to) carries both ids (the
     #: link), later events only the user id; each message is keyed by the id
-    #: it carries (the user id when both).
+    #: it is routed by (the anonymous id when both).
     identity: bool = False
 
 
@@ -225,8 +225,13 @@ class _Traffic:
 
 
 def message_key(payload: dict[str, Any]) -> bytes:
-    """The key a message is sent with: its user id, else its anonymous id."""
-    return str(payload.get("user_id") or payload["anonymous_id"]).encode()
+    """The key a message is sent with: the id the pipeline routes it by.
+
+    Its anonymous id when it has one (that id's partition decides who the
+    event belongs to), else its user id: then the ingest agent passes it
+    straight to the journeys instead of through `normalized`.
+    """
+    return str(payload.get("anonymous_id") or payload["user_id"]).encode()
 
 
 def _malformed(rng: random.Random) -> bytes:

@@ -51,7 +51,7 @@ def test_identity_traffic_is_anonymous_until_the_signup_links() -> None:
         ids.setdefault(m.event_type, set()).add((user is not None, anonymous is not None))
         if m.event_type == "signup":
             assert user and anonymous
-        assert m.key == (user or anonymous or "").encode()
+        assert m.key == (anonymous or user or "").encode()
         if user and anonymous:
             assert anonymous_of.setdefault(user, anonymous) == anonymous  # one device per user
     assert ids["visit"] == {(False, True)}
