@@ -62,15 +62,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "stage_entries": (
         "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id", "campaign",
-        "product", "region", "manager", "version", "is_deleted",
+        "product", "region", "manager", "version", "is_deleted", "excluded",
     ),
     "transitions": (
         "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts",
-        "ts", "seconds", "channel", "event_id", "version", "is_deleted", "campaign",
+        "ts", "seconds", "channel", "event_id", "version", "is_deleted", "campaign", "excluded",
     ),
     "funnel_stages": (
         "funnel", "stage", "stage_index", "stages", "conversion_window_seconds", "attribution",
-        "updated_at",
+        "updated_at", "within_seconds", "event_type",
     ),
     "spend": (
         "event_id", "channel", "campaign", "amount", "currency", "period_start", "period_end",
@@ -78,7 +78,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "dropoffs": (
         "funnel", "stage", "stage_index", "user_id", "entered_at", "dropped_at", "channel",
-        "version", "is_deleted",
+        "version", "is_deleted", "excluded",
     ),
     "stage_counts": (
         "window_start", "window_seconds", "funnel", "kind", "from_stage", "stage", "channel",
@@ -107,16 +107,16 @@ INSERT_TYPES: dict[str, tuple[str, ...]] = {
         "LowCardinality(String)", "LowCardinality(String)", "UInt8", "String",
         "DateTime64(3, 'UTC')", "LowCardinality(String)", "String", "String",
         "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)", "UInt32",
-        "UInt8",
+        "UInt8", "UInt8",
     ),
     "transitions": (
         "LowCardinality(String)", "LowCardinality(String)", "LowCardinality(String)", "UInt8",
         "UInt8", "String", "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "Float64",
-        "LowCardinality(String)", "String", "UInt32", "UInt8", "String",
+        "LowCardinality(String)", "String", "UInt32", "UInt8", "String", "UInt8",
     ),
     "funnel_stages": (
         "LowCardinality(String)", "LowCardinality(String)", "UInt8", "UInt8", "UInt64",
-        "LowCardinality(String)", "DateTime64(3, 'UTC')",
+        "LowCardinality(String)", "DateTime64(3, 'UTC')", "UInt64", "LowCardinality(String)",
     ),
     "spend": (
         "String", "LowCardinality(String)", "String", "String", "LowCardinality(String)",
@@ -125,7 +125,7 @@ INSERT_TYPES: dict[str, tuple[str, ...]] = {
     "dropoffs": (
         "LowCardinality(String)", "LowCardinality(String)", "UInt8", "String",
         "DateTime64(3, 'UTC')", "DateTime64(3, 'UTC')", "LowCardinality(String)", "UInt32",
-        "UInt8",
+        "UInt8", "UInt8",
     ),
     "stage_counts": (
         "DateTime('UTC')", "UInt32", "LowCardinality(String)", "LowCardinality(String)",
@@ -286,17 +286,25 @@ def migrate(client: Client, database: str, ddl_dir: Path = DDL_DIR,
 
     Returns the file names applied. Raises FileNotFoundError if there are none.
     """
-    applied = []
+    files = ddl(database, ddl_dir, cluster)
+    # Tables first, from every file, then the upgrade of tables made by an
+    # earlier version, then the rest (views), which may read the added columns.
     creates: dict[str, str] = {}
-    for name, statements in ddl(database, ddl_dir, cluster):
+    for _, statements in files:
         for statement in statements:
-            client.command(statement)
-            if match := _CREATE_TABLE.match(statement):
-                creates[match[1]] = statement
+            if not statement.startswith("CREATE OR REPLACE VIEW"):
+                client.command(statement)
+                if match := _CREATE_TABLE.match(statement):
+                    creates[match[1]] = statement
+    upgrade(client, database, creates, cluster)
+    applied = []
+    for name, statements in files:
+        for statement in statements:
+            if statement.startswith("CREATE OR REPLACE VIEW"):
+                client.command(statement)
         log.info("clickhouse: applied %s to database %s%s", name, database,
                  f" on cluster {cluster}" if cluster else "")
         applied.append(name)
-    upgrade(client, database, creates, cluster)
     return applied
 
 
@@ -304,7 +312,8 @@ def write_funnel_config(client: Client, database: str, funnels: FunnelsConfig) -
     """Record the configured funnels in ``funnel_stages`` (views join it); returns rows written."""
     now = datetime.now(UTC)
     rows = [
-        (f.name, stage, i, len(f.stages), round(f.conversion_window_days * 86400), f.attribution, now)
+        (f.name, stage.name, i, len(f.stages), round(f.conversion_window_days * 86400), f.attribution, now,
+         round((stage.within_days or 0) * 86400), stage.event)
         for f in funnels.funnels
         for i, stage in enumerate(f.stages)
     ]

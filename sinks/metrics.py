@@ -126,6 +126,15 @@ class FunnelMetrics:
             ["funnel", "stage"],
             registry=r,
         )
+        self.stage_entries_excluded = Counter(
+            "funnel_stage_entries_excluded",
+            "Stage entries of persons an exclude event took out of the funnel, counted when it did "
+            "(a person no longer excluded has their entries counted in funnel_stage_entries_total "
+            "again). Persons entering a stage = funnel_stage_entries_total - "
+            "funnel_stage_entries_merged_total - this.",
+            ["funnel", "stage"],
+            registry=r,
+        )
         self.identity_links = Counter(
             "funnel_identity_links",
             "Anonymous ids linked to a user id (the first event carrying both).",
@@ -244,14 +253,16 @@ class FunnelMetrics:
             self.late_events.labels(f.name)
             for channel in channels:
                 self.customers.labels(f.name, channel)
-            for i, stage in enumerate(f.stages):
-                self.events.labels(f.name, stage)
+            for event_type in sorted(f.event_types):
+                self.events.labels(f.name, event_type)
+            for i, stage in enumerate(f.names):
                 self.stage_entries_merged.labels(f.name, stage)
+                self.stage_entries_excluded.labels(f.name, stage)
                 for channel in channels:
                     self.stage_entries.labels(f.name, stage, channel)
-                    if i < len(f.stages) - 1:
+                    if i < len(f.names) - 1:
                         self.dropoffs.labels(f.name, stage, channel)
-                for to in f.stages[i + 1:]:
+                for to in f.names[i + 1:]:
                     self.transition_duration.labels(f.name, stage, to)
                     for channel in channels:
                         self.transitions.labels(f.name, stage, to, channel)

@@ -6,7 +6,9 @@ the DDL files in :func:`sinks.clickhouse.migrate` and is idempotent:
 
 * ``events`` gains ``anonymous_id`` and ``person_id`` (identity): added in
   place, filled for old rows with the person they were counted under
-  (``person_id`` defaults to ``user_id``);
+  (``person_id`` defaults to ``user_id``); ``stage_entries``, ``transitions``
+  and ``dropoffs`` gain ``excluded`` (funnel exclusions), ``funnel_stages``
+  ``within_seconds`` and ``event_type`` (named stages), all in place;
 * ``stage_entries`` gains ``version`` and ``is_deleted`` and the
   ``ReplacingMergeTree(version, is_deleted)`` engine, which no ``ALTER`` can
   change: the table is rebuilt - a new table from the current DDL, every row
@@ -27,11 +29,21 @@ __all__ = ["upgrade"]
 
 log = logging.getLogger(__name__)
 
-_EVENTS_COLUMNS = (
-    ("anonymous_id", "String COMMENT 'as sent, empty when absent' AFTER user_id"),
-    ("person_id", "String DEFAULT user_id COMMENT 'the person the event was counted under' "
-                  "AFTER anonymous_id"),
-)
+_EXCLUDED = ("excluded", "UInt8 DEFAULT 0 COMMENT '1: the person is excluded from this funnel''s figures'")
+#: Columns added in place (ALTER TABLE ... ADD COLUMN IF NOT EXISTS), per table.
+_ADDED = {
+    "events": (
+        ("anonymous_id", "String COMMENT 'as sent, empty when absent' AFTER user_id"),
+        ("person_id", "String DEFAULT user_id COMMENT 'the person the event was counted under' "
+                      "AFTER anonymous_id"),
+    ),
+    "transitions": (_EXCLUDED,),
+    "dropoffs": (_EXCLUDED,),
+    "funnel_stages": (
+        ("within_seconds", "UInt64 DEFAULT 0 COMMENT 'within_days of the stage in seconds, 0 for none'"),
+        ("event_type", "LowCardinality(String) DEFAULT stage COMMENT 'the event type the stage reads'"),
+    ),
+}
 
 
 def _columns(client: Client, database: str, table: str) -> set[str] | None:
@@ -51,14 +63,15 @@ def upgrade(client: Client, database: str, create_statements: dict[str, str],
     """
     done: list[str] = []
     on = f" ON CLUSTER '{cluster}'" if cluster else ""
-    events = _columns(client, database, "events_local" if cluster else "events")
-    missing = [(name, spec) for name, spec in _EVENTS_COLUMNS if events is not None and name not in events]
-    for table in (("events_local", "events") if cluster else ("events",)):
-        if missing:
-            client.command(f"ALTER TABLE {database}.{table}{on} "
+    for table, added in _ADDED.items():
+        found = _columns(client, database, f"{table}_local" if cluster else table)
+        missing = [(name, spec) for name, spec in added if found is not None and name not in found]
+        if not missing:
+            continue
+        for target in ((f"{table}_local", table) if cluster else (table,)):
+            client.command(f"ALTER TABLE {database}.{target}{on} "
                            + ", ".join(f"ADD COLUMN IF NOT EXISTS {n} {spec}" for n, spec in missing))
-    if missing:
-        done.append("events: added " + ", ".join(n for n, _ in missing))
+        done.append(f"{table}: added " + ", ".join(n for n, _ in missing))
     entries = _columns(client, database, "stage_entries_local" if cluster else "stage_entries")
     if entries is not None and "is_deleted" not in entries:
         if cluster:
@@ -69,7 +82,12 @@ def upgrade(client: Client, database: str, create_statements: dict[str, str],
                 "under another name on each replica, INSERT ... SELECT *, 1, 0 from the old one, EXCHANGE "
                 "TABLES, then run `funnel migrate` again")
         _rebuild_entries(client, database, create_statements["stage_entries"], sorted(entries))
-        done.append("stage_entries: rebuilt with version, is_deleted")
+        done.append("stage_entries: rebuilt with version, is_deleted, excluded")
+    elif entries is not None and "excluded" not in entries:
+        for target in (("stage_entries_local", "stage_entries") if cluster else ("stage_entries",)):
+            client.command(f"ALTER TABLE {database}.{target}{on} ADD COLUMN IF NOT EXISTS {_EXCLUDED[0]} "
+                           f"{_EXCLUDED[1]}")
+        done.append("stage_entries: added excluded")
     for line in done:
         log.warning("clickhouse: upgraded %s.%s", database, line)
     return done

@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS {database}.stage_entries
     region          LowCardinality(String),
     manager         LowCardinality(String),
     version         UInt32,
-    is_deleted      UInt8
+    is_deleted      UInt8,
+    excluded        UInt8 DEFAULT 0 COMMENT '1: an exclude event took the person out of this funnel''s figures'
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, stage, user_id)
@@ -91,7 +92,8 @@ CREATE TABLE IF NOT EXISTS {database}.transitions
     event_id        UUID,
     version         UInt32,
     is_deleted      UInt8,
-    campaign        String COMMENT 'first-touch campaign'
+    campaign        String COMMENT 'first-touch campaign',
+    excluded        UInt8 DEFAULT 0 COMMENT '1: the person is excluded from this funnel''s figures'
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, to_stage, user_id)

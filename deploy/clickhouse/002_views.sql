@@ -1,4 +1,6 @@
--- Views for the common questions. Each reads the deduplicated rows.
+-- Views for the common questions. Each reads the deduplicated rows, without
+-- the persons a funnel's exclude events took out of it (excluded = 1; their
+-- rows stay in the tables, marked).
 
 -- Windowed counts as plain numbers.
 CREATE OR REPLACE VIEW {database}.stage_counts_final AS
@@ -11,6 +13,7 @@ GROUP BY window_start, window_seconds, funnel, kind, from_stage, stage, channel;
 CREATE OR REPLACE VIEW {database}.daily_stage_entries AS
 SELECT toDate(ts) AS day, funnel, stage, stage_index, channel, count() AS users
 FROM {database}.stage_entries FINAL
+WHERE excluded = 0
 GROUP BY day, funnel, stage, stage_index, channel;
 
 -- Period conversion by day and channel: users who entered each stage that day
@@ -31,5 +34,6 @@ SELECT funnel, from_stage, to_stage, count() AS transitions,
        quantileExact(0.9)(seconds) AS p90_seconds,
        quantileExact(0.99)(seconds) AS p99_seconds
 FROM {database}.transitions FINAL
+WHERE excluded = 0
 GROUP BY funnel, from_stage, to_stage;
 

@@ -11,7 +11,9 @@ CREATE TABLE IF NOT EXISTS {database}.funnel_stages
     stages          UInt8 COMMENT 'number of stages in the funnel',
     conversion_window_seconds UInt64,
     attribution     LowCardinality(String),
-    updated_at      DateTime64(3, 'UTC')
+    updated_at      DateTime64(3, 'UTC'),
+    within_seconds  UInt64 DEFAULT 0 COMMENT 'within_days of the stage in seconds, 0 for none',
+    event_type      LowCardinality(String) DEFAULT stage COMMENT 'the event type the stage reads'
 )
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY (funnel, stage);
@@ -48,25 +50,28 @@ GROUP BY funnel, channel, currency;
 -- many reached to_stage within the funnel's conversion window (converted),
 -- how many ran out of it without (timed_out: closed lost), and how many are
 -- still inside it (open). closed_conversion = converted / (converted +
--- timed_out), open users excluded - the sales rule.
+-- timed_out), open users excluded - the sales rule. A next stage with
+-- within_days counts as converted only within that many days of from_stage.
 CREATE OR REPLACE VIEW {database}.cohort_conversion AS
 SELECT toDate(a.ts) AS cohort_day, a.funnel AS funnel, a.channel AS channel,
        a.stage AS from_stage, s.stage AS to_stage,
        count() AS entered,
        countIf(b.user_id != '' AND b.ts >= a.ts
-               AND b.ts <= a.ts + toIntervalSecond(s.conversion_window_seconds)) AS converted,
+               AND b.ts <= a.ts + toIntervalSecond(s.window_seconds)) AS converted,
        countIf(NOT (b.user_id != '' AND b.ts >= a.ts
-                    AND b.ts <= a.ts + toIntervalSecond(s.conversion_window_seconds))
-               AND a.ts + toIntervalSecond(s.conversion_window_seconds) < now64(3)) AS timed_out,
+                    AND b.ts <= a.ts + toIntervalSecond(s.window_seconds))
+               AND a.ts + toIntervalSecond(s.window_seconds) < now64(3)) AS timed_out,
        entered - converted - timed_out AS open,
        converted / entered AS cohort_conversion,
        if(converted + timed_out = 0, NULL, converted / (converted + timed_out)) AS closed_conversion
 FROM (SELECT funnel, stage, stage_index, user_id, ts, channel
-      FROM {database}.stage_entries FINAL) AS a
-INNER JOIN (SELECT funnel, stage, stage_index, conversion_window_seconds
+      FROM {database}.stage_entries FINAL WHERE excluded = 0) AS a
+INNER JOIN (SELECT funnel, stage, stage_index,
+                   if(within_seconds > 0 AND within_seconds < conversion_window_seconds, within_seconds,
+                      conversion_window_seconds) AS window_seconds
             FROM {database}.funnel_stages FINAL) AS s
     ON s.funnel = a.funnel
-LEFT JOIN (SELECT funnel, stage, user_id, ts FROM {database}.stage_entries FINAL) AS b
+LEFT JOIN (SELECT funnel, stage, user_id, ts FROM {database}.stage_entries FINAL WHERE excluded = 0) AS b
     ON b.funnel = a.funnel AND b.stage = s.stage AND b.user_id = a.user_id
 WHERE s.stage_index > a.stage_index
 GROUP BY cohort_day, funnel, channel, from_stage, to_stage;
@@ -78,6 +83,7 @@ SELECT funnel, from_stage, to_stage, campaign, count() AS transitions,
        quantileExact(0.9)(seconds) AS p90_seconds,
        quantileExact(0.99)(seconds) AS p99_seconds
 FROM {database}.transitions FINAL
+WHERE excluded = 0
 GROUP BY funnel, from_stage, to_stage, campaign;
 
 -- Entries per stage by every breakdown at once (filter or group as needed).
@@ -85,6 +91,7 @@ CREATE OR REPLACE VIEW {database}.stage_entries_breakdown AS
 SELECT funnel, stage, stage_index, channel, campaign, product, region, manager,
        count() AS users
 FROM {database}.stage_entries FINAL
+WHERE excluded = 0
 GROUP BY funnel, stage, stage_index, channel, campaign, product, region, manager;
 
 -- Revenue per funnel, channel and currency, split by new vs returning customers.
@@ -122,6 +129,7 @@ FROM (SELECT funnel, user_id,
              argMax(campaign, stage_index) AS last_campaign,
              argMax(manager, stage_index) AS last_manager
       FROM {database}.stage_entries FINAL
+      WHERE excluded = 0
       GROUP BY funnel, user_id) AS e
 INNER JOIN (SELECT funnel, max(stage_index) AS last_index
             FROM {database}.funnel_stages FINAL GROUP BY funnel) AS f
@@ -142,7 +150,8 @@ CREATE TABLE IF NOT EXISTS {database}.dropoffs
     dropped_at      DateTime64(3, 'UTC') COMMENT 'entered_at + the funnel conversion window',
     channel         LowCardinality(String),
     version         UInt32,
-    is_deleted      UInt8
+    is_deleted      UInt8,
+    excluded        UInt8 DEFAULT 0 COMMENT '1: the person is excluded from this funnel''s figures'
 )
 ENGINE = ReplacingMergeTree(version, is_deleted)
 ORDER BY (funnel, stage, user_id)
@@ -155,10 +164,12 @@ SELECT e.funnel AS funnel, e.stage AS stage, e.stage_index AS stage_index,
        countIf(t.user_id != '') AS won, countIf(d.user_id != '') AS lost,
        count() - won - lost AS open,
        if(won + lost = 0, NULL, won / (won + lost)) AS closed_conversion
-FROM (SELECT funnel, stage, stage_index, user_id FROM {database}.stage_entries FINAL) AS e
-LEFT JOIN (SELECT DISTINCT funnel, from_stage, user_id FROM {database}.transitions FINAL) AS t
+FROM (SELECT funnel, stage, stage_index, user_id FROM {database}.stage_entries FINAL
+      WHERE excluded = 0) AS e
+LEFT JOIN (SELECT DISTINCT funnel, from_stage, user_id FROM {database}.transitions FINAL
+           WHERE excluded = 0) AS t
     ON t.funnel = e.funnel AND t.from_stage = e.stage AND t.user_id = e.user_id
-LEFT JOIN (SELECT funnel, stage, user_id FROM {database}.dropoffs FINAL) AS d
+LEFT JOIN (SELECT funnel, stage, user_id FROM {database}.dropoffs FINAL WHERE excluded = 0) AS d
     ON d.funnel = e.funnel AND d.stage = e.stage AND d.user_id = e.user_id
 GROUP BY funnel, stage, stage_index;
 

@@ -346,7 +346,7 @@ class JourneyAgent:
         if place is None:
             return
         stage, entered = place
-        finished = stage == funnel.stages[-1]
+        finished = stage == funnel.names[-1]
         if not finished:
             self.deadlines.schedule(tp, key, funnel.name, stage, entered, window_ms(funnel))
         self.stalls.update(key, funnel.name, None if finished else stage,
@@ -367,11 +367,16 @@ class JourneyAgent:
         """Count the new stage entries and first transitions of ``result``; the channel label used."""
         m = self.metrics
         channel = m.channel(result.channel)
+        if result.excluded:  # every entry came again: taken out of the counts, or put back
+            for entry in result.entries:
+                tally.inc(m.child(m.stage_entries_excluded, funnel, entry.stage) if result.excluded > 0
+                          else m.child(m.stage_entries, funnel, entry.stage, channel))
+            return channel
         for entry in result.entries:
-            if entry.new:
+            if entry.new and not entry.excluded:
                 tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
         for tr in result.transitions:
-            if tr.first:  # a correction is not a new conversion
+            if tr.first and not tr.excluded:  # a correction is not a new conversion
                 tally.inc(m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel))
                 tally.observe(m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage),
                               tr.seconds)
@@ -381,7 +386,7 @@ class JourneyAgent:
         self.stalls.advance(int(time.time() * 1000))
         counts = self.stalls.counts()
         for funnel in self.funnels.values():
-            for stage in funnel.stages[:-1]:
+            for stage in funnel.names[:-1]:
                 for temperature in TEMPERATURES:
                     self.metrics.stalled_users.labels(funnel.name, stage, temperature).set(
                         counts.get((funnel.name, stage, temperature), 0)

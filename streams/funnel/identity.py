@@ -49,13 +49,14 @@ from streams.funnel.journey import (
     UserState,
     _dropoff,
     _emit_all,
-    _funnel,
     _new_funnel_state,
+    _reexclude,
     _retract_dropoffs,
     _retransition,
     _transition,
 )
 from streams.funnel.outputs import DEFAULT_CHANNEL, JourneyResult, breakdown, new_entry
+from streams.funnel.stages import compiled
 
 __all__ = [
     "ANONYMOUS",
@@ -144,14 +145,14 @@ def retract(state: UserState, funnels: dict[str, FunnelDefinition],
     """
     out = []
     for name, fs in journey_of(state, funnels).items():
-        info = _funnel(funnels[name])
+        info = compiled(funnels[name])
         version = fs["ver"] = max(fs["ver"], 1) + 1
         channel = fs["ch"] or DEFAULT_CHANNEL
         result = JourneyResult(False, [], [], [], channel, "")
         dims = breakdown(fs["dims"])
         for stage, at in fs["st"].items():
             result.entries.append(new_entry(name, stage, info.key(stage), person, at[0], channel, at[1],
-                                            dims, False, version, True))
+                                            dims, False, version, True, fs.get("ex", False)))
         for to, (from_stage, _) in fs["tr"].items():
             if from_stage is not None:
                 result.transitions.append(_transition(fs, info, person, to, None, version, channel))
@@ -195,7 +196,7 @@ def merge(state: UserState, anonymous: str, journey: dict[str, dict[str, Any]],
 
 def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: FunnelDefinition,
                   person: str) -> tuple[JourneyResult, list[str]]:
-    info = _funnel(definition)
+    info = compiled(definition)
     fs["ver"] = max(fs["ver"], theirs["ver"])
     reattributed = _merge_attribution(fs, theirs, info.last_touch)
     dims = fs["dims"]
@@ -227,16 +228,21 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
     for index, ts in moved:
         if fs.get("drops"):
             _retract_dropoffs(result, fs, info, person, index, ts)
+    if theirs.get("xt"):  # the other journey's exclusion events are the person's
+        fs["xt"] = sorted({*fs.get("xt", ()), *theirs["xt"]})[-SEEN_LIMIT:]
+    if "xt" in fs and _reexclude(result, fs, info, person):
+        return result, both  # every row again, under the new mark
     if reattributed:  # every row under the new channel
         result.entries.clear()
         _emit_all(result, fs, info, person, skip_transitions={t.to_stage for t in result.transitions})
     else:
         dims_now = breakdown(dims)
         for index, _ in moved:
-            stage = definition.stages[index]
+            stage = definition.names[index]
             at = reached[stage]
             result.entries.append(new_entry(info.name, stage, index, person, at[0], channel, at[1],
-                                            dims_now, False, at[2] if len(at) > 2 else 1, False))
+                                            dims_now, False, at[2] if len(at) > 2 else 1, False,
+                                            fs.get("ex", False)))
     return result, both
 
 
@@ -259,6 +265,6 @@ def replay_rows(state: UserState, funnels: dict[str, FunnelDefinition],
     out = []
     for name, fs in journey_of(state, funnels).items():
         result = JourneyResult(True, [], [], [], fs["ch"] or DEFAULT_CHANNEL, "")
-        _emit_all(result, fs, _funnel(funnels[name]), person)
+        _emit_all(result, fs, compiled(funnels[name]), person)
         out.append((name, result))
     return out

@@ -7,7 +7,9 @@ at-least-once processing safe (see "Replays" below).
 
 Rules (the README's "Journey rules" says the same):
 
-* A user *enters* a stage the first time an event of that stage is applied.
+* A user *enters* a stage at its earliest matching event, in event time
+  (:mod:`streams.funnel.stages` says which stages an event matches). One that
+  arrives after a later one moves the entry to it (a higher version).
 * *Transitions* follow event time, not arrival order. Walk the stages a user
   reached in event-time order, keeping the furthest stage so far; a stage
   beyond it is a transition from it (so skips show: visit -> purchase), a
@@ -34,7 +36,7 @@ Rules (the README's "Journey rules" says the same):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Collection
 from typing import Any
 
 from schemas import FunnelDefinition, NormalizedEvent
@@ -50,6 +52,7 @@ from streams.funnel.outputs import (
     new_entry,
     new_transition,
 )
+from streams.funnel.stages import CompiledFunnel, compiled
 
 __all__ = [
     "SEEN_LIMIT",
@@ -82,40 +85,12 @@ def _new_funnel_state() -> dict[str, Any]:
 
 
 # -- speed ---------------------------------------------------------------------------------
-# apply_event runs once per event and funnel on the worker's hot path. Two
-# things made it slow: FunnelDefinition.index (a tuple search behind a
-# try/except) called a dozen times per event, and the frozen dataclasses, whose
-# generated __init__ sets each field through object.__setattr__.
+# apply_event runs once per event and funnel on the worker's hot path: what it
+# looks up about a funnel is computed once (streams.funnel.stages), and its
+# records are built by the fast constructors of streams.funnel.outputs.
 
-
-class _Funnel:
-    """What the journey code looks up about one FunnelDefinition, computed once."""
-
-    __slots__ = ("definition", "index", "key", "last_touch", "name")
-
-    def __init__(self, definition: FunnelDefinition) -> None:
-        self.definition = definition  # also keeps id(definition) from being reused
-        self.name = definition.name
-        index: dict[str, int] = {}
-        for i, stage in enumerate(definition.stages):
-            index.setdefault(stage, i)
-        #: stage -> position; ``index.get(stage, -1) == definition.index(stage)``.
-        self.index = index
-        self.key: Callable[[str], int] = lambda stage: index.get(stage, -1)  # sort key
-        self.last_touch = definition.attribution == "last_touch"
-
-
-_FUNNELS: dict[int, _Funnel] = {}  # id(definition) -> its lookups (frozen models: never stale)
-_FUNNELS_MAX = 1024  # a worker has a handful; tests build many
-
-
-def _funnel(definition: FunnelDefinition) -> _Funnel:
-    info = _FUNNELS.get(id(definition))
-    if info is None or info.definition is not definition:
-        if len(_FUNNELS) >= _FUNNELS_MAX:
-            _FUNNELS.clear()
-        info = _FUNNELS[id(definition)] = _Funnel(definition)
-    return info
+_Funnel = CompiledFunnel
+_funnel = compiled
 
 
 # -- the journey -----------------------------------------------------------------------------
@@ -128,13 +103,14 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     person the event counts for (set by then: see :mod:`streams.funnel.identity`);
     the caller writes it back to the table after this returns.
     """
-    info = _FUNNELS.get(id(funnel))
-    if info is None or info.definition is not funnel:
-        info = _funnel(funnel)
+    info = _funnel(funnel)
     name = info.name
     fs = state.get(name)
+    matched = info.matches(event)
     if fs is None:
-        return _first_event(state, info, event)
+        if len(matched) < 2 and not info.excludes:
+            return _first_event(state, info, event, matched)
+        fs = state[name] = _new_funnel_state()
     event_id = event["event_id"]
     seen: list[str] = fs["seen"]
     if event_id in seen:
@@ -175,37 +151,92 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     if named:
         dims[3] = named
 
-    stage = event["event_type"]
     customer = ""
-    if stage == "purchase":
+    if event["event_type"] == "purchase":
         buys: list[str] = fs["buys"]
         buys.append(event_id)
         del buys[: max(0, len(buys) - SEEN_LIMIT)]
         customer = _customer(fs, event_id)
     result = JourneyResult(False, [], [], [], channel, customer)
-    index = info.index
-    stage_index = index.get(stage, -1)
+    user: str = event["person_id"]  # type: ignore[assignment]  # set by then
     reached: dict[str, list[Any]] = fs["st"]
-    if stage_index < 0 or stage in reached:
+    excluding = bool(info.excludes) and info.excludes_person(event)
+    if excluding:
+        times: list[int] = fs.setdefault("xt", [])
+        times.append(ts)
+        del times[: max(0, len(times) - SEEN_LIMIT)]
+    entered = []  # stages this event enters, or enters earlier than the event that did
+    for stage, stage_index in matched:
+        at = reached.get(stage)
+        if at is None or ts < at[0]:
+            entered.append((stage, stage_index))
+    if not entered:
+        if excluding and _reexclude(result, fs, info, user):
+            return result  # every row again, under the new mark and channel
         if reattributed:
-            _emit_all(result, fs, info, event["person_id"])  # type: ignore[arg-type]
+            _emit_all(result, fs, info, user)
         return result
 
-    reached[stage] = [ts, event_id]
+    excluded = fs.get("ex", False)
+    dims_now = breakdown(dims)
+    for stage, stage_index in entered:
+        if stage in reached:  # an earlier event of the stage, arrived late: the entry moves to it
+            version = fs["ver"] = fs["ver"] + 1
+            reached[stage] = [ts, event_id, version]
+            result.entries.append(new_entry(name, stage, stage_index, user, ts, channel, event_id,
+                                            dims_now, False, version, False, excluded))
+            continue
+        reached[stage] = [ts, event_id]
+        result.entries.append(new_entry(name, stage, stage_index, user, ts, channel, event_id, dims_now,
+                                        True, 1, False, excluded))
     if ts > fs["last"]:  # fs["last"] = max(fs["last"], ts)
         fs["last"] = ts
-    user: str = event["person_id"]  # type: ignore[assignment]  # set by then
-    result.entries.append(
-        new_entry(name, stage, stage_index, user, ts, channel, event_id, breakdown(dims), True, 1, False))
     # The transitions the walk wants that differ from the emitted ones (new,
     # moved or retracted) get the next versions, in funnel order.
     _retransition(result, fs, info, user, channel)
     if fs.get("drops"):
-        _retract_dropoffs(result, fs, info, user, stage_index, ts)
+        _retract_dropoffs(result, fs, info, user, entered[-1][1], ts)
+    if "xt" in fs and _reexclude(result, fs, info, user):
+        return result
     if reattributed:  # everything else the user has, under the new channel
         changed = {t.to_stage for t in result.transitions}
-        _emit_all(result, fs, info, user, skip_entry=stage, skip_transitions=changed)
+        _emit_all(result, fs, info, user, skip_entries={stage for stage, _ in entered},
+                  skip_transitions=changed)
     return result
+
+
+def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str) -> bool:
+    """Mark or unmark the person as excluded if that changed; whether it did.
+
+    Excluded: an exclusion event between the person's first entry and their
+    entry of the last stage (any time after the first entry while they have
+    not entered it). A change re-emits every row under a higher version, with
+    ``result.excluded`` +1 (now excluded) or -1 (no longer).
+    """
+    reached: dict[str, list[Any]] = fs["st"]
+    now = False
+    if reached and fs.get("xt"):
+        first = min(at[0] for at in reached.values())
+        last = reached.get(info.last)
+        end = last[0] if last is not None else None
+        now = any(first <= t and (end is None or t <= end) for t in fs["xt"])
+    if now == fs.get("ex", False):
+        return False
+    fs["ex"] = now
+    version = fs["ver"] = fs["ver"] + 1
+    for stage, at in reached.items():
+        reached[stage] = [at[0], at[1], version]
+    emitted: dict[str, list[Any]] = fs["tr"]
+    for to, (from_stage, _) in emitted.items():
+        emitted[to] = [from_stage, version]
+    for stage, (_, dropped_ts, deleted) in fs.get("drops", {}).items():
+        fs["drops"][stage] = [version, dropped_ts, deleted]
+    result.entries.clear()
+    result.transitions.clear()
+    result.dropoffs.clear()
+    result.excluded = 1 if now else -1
+    _emit_all(result, fs, info, user)
+    return True
 
 
 def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str, channel: str,
@@ -217,8 +248,7 @@ def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user
     ``counted`` (the emitted transitions of a journey merged into it) has one
     into its stage.
     """
-    index = info.index
-    desired = _walk(fs["st"], index)
+    desired = _walk(fs["st"], info.index, info.limits)
     emitted: dict[str, list[Any]] = fs["tr"]
     changes: list[tuple[str, str | None, list[Any] | None]] = []
     kept = 0  # emitted ones the walk still wants
@@ -246,19 +276,20 @@ def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user
             transitions.append(_transition(fs, info, user, to, from_stage, version, channel, first))
 
 
-def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> JourneyResult:
+def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent,
+                 matched: tuple[tuple[str, int], ...]) -> JourneyResult:
     """:func:`apply_event` for the user's first event in the funnel (most of realistic traffic).
 
     Builds the state :func:`apply_event` would leave on :func:`_new_funnel_state`
     in one go, keys in the same order: attributed to this event, one stage at
-    most, so no transition yet.
+    most (``matched``), so no transition yet.
     """
-    event_id, stage, ts = event["event_id"], event["event_type"], event["ts"]
+    event_id, ts = event["event_id"], event["ts"]
     channel = event["channel"] or DEFAULT_CHANNEL
     dims = [event["campaign"] or "", event["product"] or "", event["region"] or "", event["manager"] or ""]
-    purchase = stage == "purchase"
-    stage_index = info.index.get(stage, -1)
-    entered = stage_index >= 0
+    purchase = event["event_type"] == "purchase"
+    entered = bool(matched)
+    stage, stage_index = matched[0] if entered else ("", -1)
     state[info.name] = {
         "st": {stage: [ts, event_id]} if entered else {}, "tr": {}, "ver": 0, "ch": channel,
         "dims": dims, "buys": [event_id] if purchase else [], "drops": {}, "seen": [event_id],
@@ -267,7 +298,7 @@ def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent) -> Jou
     result = JourneyResult(False, [], [], [], channel, "new" if purchase else "")
     if entered:
         result.entries.append(new_entry(info.name, stage, stage_index, event["person_id"], ts, channel,
-                                        event_id, new_breakdown(*dims), True, 1, False))
+                                        event_id, new_breakdown(*dims), True, 1, False, False))
     return result
 
 
@@ -300,7 +331,7 @@ def expire_window(state: UserState, funnel: FunnelDefinition, user: str, stage: 
     Returns the drop-off if the user is still there (and not already dropped
     there, and ``stage`` is not the last one); updates ``state``.
     """
-    if furthest(state, funnel) != (stage, entered) or stage == funnel.stages[-1]:
+    if furthest(state, funnel) != (stage, entered) or stage == _funnel(funnel).last:
         return None
     fs = state[funnel.name]
     drops = fs.setdefault("drops", {})
@@ -325,7 +356,7 @@ def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, 
 def _dropoff(fs: dict[str, Any], info: _Funnel, user: str, stage: str, first: bool = False) -> Dropoff:
     version, dropped_ts, deleted = fs["drops"][stage]
     return new_dropoff(info.name, stage, info.index.get(stage, -1), user, fs["st"][stage][0],
-                       dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first)
+                       dropped_ts, fs["ch"] or DEFAULT_CHANNEL, version, deleted, first, fs.get("ex", False))
 
 
 def _customer(fs: dict[str, Any], event_id: str) -> str:
@@ -335,12 +366,14 @@ def _customer(fs: dict[str, Any], event_id: str) -> str:
     return "new" if buys.index(event_id) == 0 else "returning"
 
 
-def _walk(reached: dict[str, list[Any]], index: dict[str, int]) -> dict[str, str]:
+def _walk(reached: dict[str, list[Any]], index: dict[str, int], limits: dict[str, int]) -> dict[str, str]:
     """to_stage -> from_stage for the stages ``reached``, walked in event-time order.
 
     Stages are ordered by (entry time, funnel position). ``reached`` keeps
     arrival order, which is that order unless events arrived out of event
     time: checked on the way, and only then sorted (:func:`_walk_sorted`).
+    A stage with a limit (``within_days``, in ``limits``) entered later than
+    that after the stage it comes from is reached, but is no transition.
     """
     stages = iter(reached.items())
     furthest, entered = next(stages)
@@ -351,24 +384,33 @@ def _walk(reached: dict[str, list[Any]], index: dict[str, int]) -> dict[str, str
         ts = entered[0]
         position = index.get(stage, -1)
         if ts < last_ts or (ts == last_ts and position < last_index):
-            return _walk_sorted(reached, index)
+            return _walk_sorted(reached, index, limits)
         if position > furthest_index:
-            transitions[stage] = furthest
+            if not limits or _within(reached, limits, furthest, stage):
+                transitions[stage] = furthest
             furthest, furthest_index = stage, position
         last_ts, last_index = ts, position
     return transitions
 
 
-def _walk_sorted(reached: dict[str, list[Any]], index: dict[str, int]) -> dict[str, str]:
+def _walk_sorted(reached: dict[str, list[Any]], index: dict[str, int],
+                 limits: dict[str, int]) -> dict[str, str]:
     """:func:`_walk` for stages that arrived out of event-time order."""
     order = sorted(reached, key=lambda s: (reached[s][0], index.get(s, -1)))
     transitions: dict[str, str] = {}
     furthest = order[0]
     for stage in order[1:]:
         if index.get(stage, -1) > index.get(furthest, -1):
-            transitions[stage] = furthest
+            if not limits or _within(reached, limits, furthest, stage):
+                transitions[stage] = furthest
             furthest = stage
     return transitions
+
+
+def _within(reached: dict[str, list[Any]], limits: dict[str, int], from_stage: str, to: str) -> bool:
+    """Whether ``to`` was entered within its limit after ``from_stage`` (no limit: yes)."""
+    limit = limits.get(to)
+    return limit is None or reached[to][0] - reached[from_stage][0] <= limit
 
 
 def _transition(
@@ -376,16 +418,19 @@ def _transition(
     version: int, channel: str, first: bool = False,
 ) -> Transition:
     reached = fs["st"]
-    ts, event_id = reached[to]
+    at = reached[to]  # [ts, event_id], and a version once moved
+    ts, event_id = at[0], at[1]
     index = info.index
+    excluded = fs.get("ex", False)
     if from_stage is None:  # retracted: a tombstone for (funnel, to, user)
         return new_transition(info.name, "", to, 0, index.get(to, -1), user, ts, ts, 0.0, channel,
-                              event_id, version, True, fs["dims"][0], False)
+                              event_id, version, True, fs["dims"][0], False, excluded)
     from_ts = reached[from_stage][0]
     seconds = (ts - from_ts) / 1000.0
     return new_transition(
         info.name, from_stage, to, index.get(from_stage, -1), index.get(to, -1), user, from_ts, ts,
         seconds if seconds > 0.0 else 0.0, channel, event_id, version, False, fs["dims"][0], first,
+        excluded,
     )
 
 
@@ -398,19 +443,20 @@ def _replayed(fs: dict[str, Any], info: _Funnel, event_id: str, user: str) -> Jo
 
 def _emit_all(
     result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str,
-    skip_entry: str = "", skip_transitions: set[str] | frozenset[str] = frozenset(),
+    skip_entries: Collection[str] = (), skip_transitions: Collection[str] = (),
 ) -> None:
     """Everything the user's state stands for, as it stands (replays, re-attribution)."""
     name, key, channel = info.name, info.key, result.channel
     reached: dict[str, list[Any]] = fs["st"]
     dims: Breakdown | None = None  # one for all: they are frozen
+    excluded = fs.get("ex", False)
     for stage in sorted(reached, key=key):
-        if stage != skip_entry:
+        if stage not in skip_entries:
             at = reached[stage]  # [ts, event_id], and the version once a merge moved it
             if dims is None:
                 dims = breakdown(fs["dims"])
             result.entries.append(new_entry(name, stage, key(stage), user, at[0], channel, at[1], dims,
-                                            False, at[2] if len(at) > 2 else 1, False))
+                                            False, at[2] if len(at) > 2 else 1, False, excluded))
     emitted: dict[str, list[Any]] = fs["tr"]
     for to in sorted(emitted, key=key):
         if to in skip_transitions:

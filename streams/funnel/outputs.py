@@ -55,6 +55,8 @@ class StageEntry:
     version: int = 1
     #: A tombstone: the person was merged into another (identity).
     deleted: bool = False
+    #: The person is excluded from the funnel's conversion figures (an ``exclude`` event).
+    excluded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Transition:
     #: True the first time this user gets a transition into to_stage (metrics
     #: count those only: corrections are not new conversions).
     first: bool = False
+    excluded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Dropoff:
     version: int
     deleted: bool = False
     first: bool = False
+    excluded: bool = False
 
 
 @dataclass(slots=True)
@@ -105,6 +109,9 @@ class JourneyResult:
     channel: str = DEFAULT_CHANNEL
     #: For purchases: "new" for the user's first purchase, "returning" after.
     customer: str = ""
+    #: +1: the person became excluded from the funnel (every row came again,
+    #: marked); -1: no longer excluded; 0: unchanged.
+    excluded: int = 0
 
 
 # -- speed: constructors for the hot path -----------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Which funnels an event feeds: the one it names, else every funnel that has its stage."""
+"""Which funnels an event feeds: the one it names, else every funnel that reads its event type."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ def route(
     event: NormalizedEvent, funnels: dict[str, FunnelDefinition],
     routes: dict[str, list[FunnelDefinition]],
 ) -> list[FunnelDefinition]:
-    """The funnels an event feeds: the one it names, else every funnel with its stage.
+    """The funnels an event feeds: the one it names, else every funnel that reads its event type.
 
-    ``routes`` maps each event type to the funnels that have it as a stage.
+    ``routes`` maps each event type to the funnels with a stage or an
+    exclusion of that type (whether the event enters a stage is decided by
+    the stages' filters, :mod:`streams.funnel.stages`).
     """
     if event["funnel"]:
         named = funnels.get(event["funnel"])
@@ -24,6 +26,6 @@ def route(
 
 
 def routes_for(funnels: Iterable[FunnelDefinition]) -> dict[str, list[FunnelDefinition]]:
-    """Event type -> the funnels that have it as a stage, in configuration order."""
+    """Event type -> the funnels with a stage or an exclusion of that type, in configuration order."""
     funnels = list(funnels)
-    return {t: [f for f in funnels if f.index(t) >= 0] for t in EVENT_TYPES}
+    return {t: [f for f in funnels if t in f.event_types] for t in EVENT_TYPES}

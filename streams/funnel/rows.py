@@ -33,17 +33,17 @@ def event_row(e: NormalizedEvent, funnel: str, attributed_channel: str, customer
 def entry_row(x: StageEntry) -> tuple[Any, ...]:
     d = x.dims
     return (x.funnel, x.stage, x.stage_index, x.user_id, x.ts, x.channel, x.event_id,
-            d.campaign, d.product, d.region, d.manager, x.version, int(x.deleted))
+            d.campaign, d.product, d.region, d.manager, x.version, int(x.deleted), int(x.excluded))
 
 
 def transition_row(x: Transition) -> tuple[Any, ...]:
     return (
         x.funnel, x.from_stage, x.to_stage, x.from_index, x.to_index, x.user_id, x.from_ts,
-        x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted), x.campaign,
+        x.ts, x.seconds, x.channel, x.event_id, x.version, int(x.deleted), x.campaign, int(x.excluded),
     )
 
 
 def dropoff_row(x: Dropoff) -> tuple[Any, ...]:
     return (x.funnel, x.stage, x.stage_index, x.user_id, x.entered_ts, x.dropped_ts, x.channel,
-            x.version, int(x.deleted))
+            x.version, int(x.deleted), int(x.excluded))
 

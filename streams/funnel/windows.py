@@ -87,12 +87,17 @@ class WindowAggregator:
         if current is None or current[8] <= version:
             size, ts = self.size, x.ts // 1000
             self._rows[key] = (ts - ts % size, size, x.funnel, ENTRY, "", x.stage, x.channel,  # type: ignore[assignment]
-                               x.user_id, version, int(x.deleted))
+                               x.user_id, version, int(x.deleted or x.excluded))
 
     def add_transition(self, x: Transition) -> Membership:
-        """The window membership of a transition, a correction or a tombstone (``deleted``)."""
+        """The window membership of a transition, a correction or a tombstone (``deleted``).
+
+        An excluded person's entries and transitions are no window members:
+        their memberships are tombstones (marked rows stay in stage_entries
+        and transitions).
+        """
         return self.add(x.ts, x.funnel, TRANSITION, x.from_stage, x.to_stage, x.channel, x.user_id,
-                        x.version, x.deleted)
+                        x.version, x.deleted or x.excluded)
 
     def rows(self) -> Iterator[Membership]:
         """The memberships kept (some as plain tuples of a Membership's fields, equal to it)."""

@@ -48,10 +48,11 @@ __all__ = [
     "trend",
 ]
 
-#: Users who entered each stage, per funnel (each user once per stage).
+#: Persons who entered each stage, per funnel (each once per stage; excluded persons left out).
 FUNNEL_QUERY = """
 SELECT funnel, stage, count() AS users
 FROM {database}.stage_entries FINAL
+WHERE excluded = 0
 GROUP BY funnel, stage
 """
 
@@ -126,14 +127,14 @@ class Selection:
         return {
             "db": self.database, "funnel": self.funnel.name, "since": self.since_ms,
             "channel": self.channel, "channels": list(self.channels),
-            "first": self.funnel.stages[0], "last": self.funnel.stages[-1],
-            "last_index": len(self.funnel.stages) - 1,
+            "first": self.funnel.names[0], "last": self.funnel.names[-1],
+            "last_index": len(self.funnel.names) - 1,
         }
 
     def describe(self) -> dict[str, Any]:
         return {
             "funnel": self.funnel.name,
-            "stages": list(self.funnel.stages),
+            "stages": list(self.funnel.names),
             "range": self.range,
             "range_label": RANGES[self.range][1],
             "channel": self.channel,
@@ -166,7 +167,8 @@ def select(
 
 # -- queries ------------------------------------------------------------------------------
 _SINCE = "ts >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
-_ENTRIES = "{db:Identifier}.stage_entries FINAL"
+#: A funnel's entries as its figures count them: the persons its exclude events took out left out.
+_ENTRIES = "(SELECT * FROM {db:Identifier}.stage_entries FINAL WHERE excluded = 0)"
 
 _PERIOD_ENTRIES = f"""
 SELECT stage, count() FROM {_ENTRIES}
@@ -185,7 +187,7 @@ _TIME_TO_CONVERT = f"""
 SELECT from_stage, to_stage, count(), quantileExact(0.5)(seconds), quantileExact(0.9)(seconds),
        avg(seconds)
 FROM {{db:Identifier}}.transitions FINAL
-WHERE funnel = {{funnel:String}} AND is_deleted = 0 AND {_SINCE} AND {{chan}}
+WHERE funnel = {{funnel:String}} AND is_deleted = 0 AND excluded = 0 AND {_SINCE} AND {{chan}}
 GROUP BY from_stage, to_stage"""
 
 _TREND_ENTRIES = f"""
@@ -227,7 +229,7 @@ def funnel_report(rows: Rows, sel: Selection) -> dict[str, Any]:
     """Entries per stage in the period, step/overall/cohort conversion, time to convert."""
     period = {stage: int(n) for stage, n in _run(rows, sel, _PERIOD_ENTRIES)}
     reached = {stage: int(n) for stage, n in _run(rows, sel, _COHORT_REACHED)}
-    stages = sel.funnel.stages
+    stages = sel.funnel.names
     first, cohort = period.get(stages[0], 0), reached.get(stages[0], 0)
     out: list[dict[str, Any]] = []
     previous: int | None = None
@@ -273,7 +275,7 @@ def trend(rows: Rows, sel: Selection) -> dict[str, Any]:
     else:
         first = sel.since_ms // 1000 // size * size
     first = max(first, last - (MAX_TREND_BUCKETS - 1) * size)
-    stages = sel.funnel.stages
+    stages = sel.funnel.names
     buckets = []
     for start in range(first, last + 1, size):
         counts = entries.get(start, {})
@@ -294,7 +296,7 @@ def stalled_users(rows: Rows, sel: Selection, after: str) -> dict[str, Any]:
     seconds = STALL_AFTER[_choose("stalled threshold", after, list(STALL_AFTER))][0]
     found = {int(i): int(n) for i, n in _run(
         rows, sel, _STALLED, "furthest_channel", before=sel.now_ms - seconds * 1000)}
-    stages = sel.funnel.stages[:-1]  # people at the last stage have finished
+    stages = sel.funnel.names[:-1]  # people at the last stage have finished
     now_only = {k: v for k, v in sel.describe().items() if k not in ("range", "range_label", "since")}
     return {
         **now_only,
@@ -338,9 +340,9 @@ def format_funnel(funnel: FunnelDefinition, counts: dict[str, int]) -> str:
     """A table with a proportional bar per stage and the conversions between them."""
     lines = [f'funnel "{funnel.name}"',
              f"  {'stage':<13}{'users':>9}  {'step':>7}  {'overall':>7}"]
-    first = counts.get(funnel.stages[0], 0)
+    first = counts.get(funnel.names[0], 0)
     previous = None
-    for stage in funnel.stages:
+    for stage in funnel.names:
         n = counts.get(stage, 0)
         step = f"{n / previous:.1%}" if previous else "-"
         overall = f"{n / first:.1%}" if first else "-"

@@ -41,7 +41,7 @@ TOP_CHANNELS = 5
 _TOP_CHANNELS_SQL = """
 SELECT channel, countIf(stage = {first:String}) AS entered, countIf(stage = {last:String}) AS converted
 FROM {db:Identifier}.stage_entries FINAL
-WHERE funnel = {funnel:String}
+WHERE funnel = {funnel:String} AND excluded = 0
 GROUP BY channel
 HAVING entered > 0
 ORDER BY converted / entered DESC, entered DESC, channel
@@ -250,7 +250,7 @@ def collect(
     if funnels:
         funnel = next(iter(funnels.values()))
         top = tuple(ChannelLine(str(c), int(e), int(v)) for c, e, v in rows(_TOP_CHANNELS_SQL, {
-            "db": database, "funnel": funnel.name, "first": funnel.stages[0], "last": funnel.stages[-1],
+            "db": database, "funnel": funnel.name, "first": funnel.names[0], "last": funnel.names[-1],
             "top": TOP_CHANNELS}))
     earlier = 0
     if earlier_than_ms is not None:
@@ -305,7 +305,7 @@ class DemoView:
                 if self._earlier is None:
                     self._earlier = earlier
         if not views:
-            views = tuple(FunnelView(f.name, tuple(StageLine(s, 0, None, None, None) for s in f.stages))
+            views = tuple(FunnelView(f.name, tuple(StageLine(s, 0, None, None, None) for s in f.names))
                           for f in w.funnels.values())
         return Snapshot(
             at=time.strftime("%H:%M:%S"), events=events,

@@ -131,7 +131,7 @@ class FunnelWeb:
         """What the page may ask for: funnels, periods, channels, thresholds, refresh period."""
         p = self.worker
         return web.json({
-            "funnels": [{"name": f.name, "stages": list(f.stages)} for f in p.funnels.values()],
+            "funnels": [{"name": f.name, "stages": list(f.names)} for f in p.funnels.values()],
             "ranges": [{"key": k, "label": label} for k, (_, label) in RANGES.items()],
             "default_range": DEFAULT_RANGE,
             "channels": [ALL_CHANNELS, *p.settings.channel_list, OTHER_CHANNEL],

@@ -30,7 +30,7 @@ from .harness import wait_until
 
 pytestmark = pytest.mark.integration
 
-STAGES = DEFAULT_FUNNEL.stages
+STAGES = DEFAULT_FUNNEL.names
 #: A log line: Faust's "[2026-12-03 09:37:16,713] [8061] [WARNING] ..." or a level name.
 LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d [\d:,]+\]|\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 ESCAPE = re.compile(r"\x1b")

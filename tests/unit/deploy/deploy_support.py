@@ -53,6 +53,7 @@ COUNTERS = (
     "funnel_customers",
     "funnel_spend",
     "funnel_stage_entries_merged",
+    "funnel_stage_entries_excluded",
     "funnel_identity_links",
     "funnel_identity_conflicts",
 )

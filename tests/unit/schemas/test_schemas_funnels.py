@@ -35,7 +35,7 @@ def test_default_config_is_the_five_stage_funnel() -> None:
     config = default_config()
     assert [f.name for f in config.funnels] == ["default"]
     funnel = config.by_name["default"]
-    assert funnel.stages == EVENT_TYPES == ("visit", "signup", "webinar", "consultation", "purchase")
+    assert funnel.names == EVENT_TYPES == ("visit", "signup", "webinar", "consultation", "purchase")
     assert (funnel.attribution, funnel.conversion_window_days) == ("first_touch", 14.0)
 
 
@@ -47,7 +47,7 @@ def test_yaml_file_with_two_funnels(write_config) -> None:
     config = load_funnels(write_config(TWO_FUNNELS))
     assert list(config.by_name) == ["default", "b2b"]
     b2b = config.by_name["b2b"]
-    assert b2b.stages == ("visit", "consultation", "purchase")
+    assert b2b.names == ("visit", "consultation", "purchase")
     assert (b2b.attribution, b2b.conversion_window_days) == ("last_touch", 30.0)
     assert config.by_name["default"] == default_config().by_name["default"]
 
@@ -66,18 +66,18 @@ def funnel_yaml(name: str, stages: str) -> str:
     [
         pytest.param(
             "funnels:\n" + funnel_yaml("b2b", "[visit, signup, signup]"),
-            "funnel 'b2b': Value error, stage 'signup' appears twice",
+            "funnel 'b2b': stage 'signup' appears twice",
             id="duplicate-stage",
         ),
         pytest.param(
             "funnels:\n" + funnel_yaml("b2b", "[visit, demo]"),
-            "funnel 'b2b': stages.1: Input should be 'visit', 'signup', 'webinar', 'consultation' "
+            "funnel 'b2b': stage 'demo': event: Input should be 'visit', 'signup', 'webinar', 'consultation' "
             "or 'purchase'",
             id="unknown-stage",
         ),
         pytest.param(
             "funnels:\n" + funnel_yaml("a", "[visit, signup]") + funnel_yaml("a", "[visit, purchase]"),
-            "config: Value error, funnel names must be unique, repeated: a",
+            "config: funnel names must be unique, repeated: a",
             id="duplicate-funnel-names",
         ),
         pytest.param(
@@ -87,8 +87,8 @@ def funnel_yaml(name: str, stages: str) -> str:
         ),
         pytest.param(
             "funnels:\n" + funnel_yaml("ok", "[visit, signup]") + funnel_yaml("bad", "[visit, bogus]"),
-            "funnel 'bad': stages.1: Input should be 'visit', 'signup', 'webinar', 'consultation' "
-            "or 'purchase'",
+            "funnel 'bad': stage 'bogus': event: Input should be 'visit', 'signup', 'webinar', "
+            "'consultation' or 'purchase'",
             id="second-funnel-named",
         ),
         pytest.param(

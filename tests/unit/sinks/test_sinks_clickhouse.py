@@ -246,14 +246,14 @@ def every_kind_of_row() -> dict[str, list[tuple]]:
         entry_row(StageEntry(funnel="default", stage="visit", stage_index=i, user_id=f"u{i}", ts=TS[i],
                              channel="seo", event_id=UUIDS[i],
                              dims=Breakdown(campaign=f"c{i}", product="pro", region="eu", manager=""),
-                             version=[1, 4_294_967_295, 2][i], deleted=i == 1))
+                             version=[1, 4_294_967_295, 2][i], deleted=i == 1, excluded=i == 2))
         for i in range(3)
     ]
     transitions = [
         transition_row(Transition(funnel="default", from_stage="visit", to_stage="signup", from_index=0,
                                   to_index=255, user_id="u1", from_ts=TS[1], ts=TS[0],
                                   seconds=(TS[0] - TS[1]) / 1000, channel="ads", event_id=UUIDS[0],
-                                  version=4_294_967_295, deleted=True, campaign="c")),
+                                  version=4_294_967_295, deleted=True, campaign="c", excluded=True)),
         transition_row(Transition(funnel="default", from_stage="signup", to_stage="webinar", from_index=1,
                                   to_index=2, user_id="u2", from_ts=TS[0], ts=TS[0] + 1, seconds=0.001,
                                   channel="", event_id=UUIDS[2], version=1)),
@@ -265,12 +265,14 @@ def every_kind_of_row() -> dict[str, list[tuple]]:
         dropoff_row(Dropoff(funnel="default", stage="signup", stage_index=1, user_id="u3", entered_ts=TS[0],
                             dropped_ts=TS[2], channel="email", version=2, deleted=True)),
         dropoff_row(Dropoff(funnel="default", stage="visit", stage_index=0, user_id="u4", entered_ts=TS[1],
-                            dropped_ts=TS[0], channel="", version=1)),
+                            dropped_ts=TS[0], channel="", version=1, excluded=True)),
     ]
     spend = [(UUIDS[1], "ads", "spring", "1234.5678", "USD", TS[1], TS[0], "funnel.spend:0:1", TS[2]),
              (UUIDS[2], "seo", "", "0", "EUR", TS[0], TS[2], "", TS[0])]
     stages = [("default", "visit", 0, 5, 2_592_000, "first_touch",
-               datetime(2026, 1, 31, 12, 0, 0, 123000, tzinfo=UTC))]
+               datetime(2026, 1, 31, 12, 0, 0, 123000, tzinfo=UTC), 0, "visit"),
+              ("b2b", "mql", 3, 5, 2_592_000, "last_touch",
+               datetime(2026, 1, 31, 12, 0, 0, 123000, tzinfo=UTC), 1_209_600, "signup")]
     identities = [("a-ünï ☃", "u-ünï 1", TS[0], "funnel.signup:1:7", UUIDS[3], "linked"),
                   ("a-2", "", TS[2], "", UUIDS[4], "conflict")]
     return {"events": events, "stage_entries": entries, "transitions": transitions,

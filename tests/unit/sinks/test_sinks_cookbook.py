@@ -86,7 +86,7 @@ def _week_counts() -> list[tuple[str, str, int, int]]:
             if ts >= last_week:
                 c = counts.setdefault((dims["channel"], stage), [0, 0])
                 c[0 if ts >= this_week else 1] += 1
-    order = DEFAULT_FUNNEL.stages
+    order = DEFAULT_FUNNEL.names
     return [(ch, st, n[0], n[1]) for (ch, st), n in sorted(counts.items(),
                                                            key=lambda kv: (kv[0][0], order.index(kv[0][1])))]
 

@@ -103,7 +103,8 @@ def test_registry_holds_exactly_the_design_metrics(metrics: FunnelMetrics) -> No
     families = {(f.name, f.type) for f in metrics.registry.collect()}
     counters = ("events", "invalid_events", "duplicate_events", "late_events", "stage_entries",
                 "transitions", "dropoffs", "revenue", "customers", "spend", "sink_rows", "sink_errors",
-                "produce_retries", "stage_entries_merged", "identity_links", "identity_conflicts")
+                "produce_retries", "stage_entries_merged", "stage_entries_excluded", "identity_links",
+                "identity_conflicts")
     assert families == {
         *((f"funnel_{c}", "counter") for c in counters),
         ("funnel_stalled_users", "gauge"), ("funnel_sink_pending_rows", "gauge"),

@@ -43,7 +43,10 @@ def test_a_database_from_before_identity_is_upgraded_with_its_rows(
                         f"event_id) VALUES ('default', 'visit', 0, 'u1', 0, '{event_id}')")
     migrate(chdb_client, database)  # today's schema
     assert columns(chdb_client, database, "events")[3:6] == ["user_id", "anonymous_id", "person_id"]
-    assert columns(chdb_client, database, "stage_entries")[-2:] == ["version", "is_deleted"]
+    assert columns(chdb_client, database, "stage_entries")[-3:] == ["version", "is_deleted", "excluded"]
+    for table in ("transitions", "dropoffs"):  # named stages: the exclusion mark
+        assert columns(chdb_client, database, table)[-1] == "excluded"
+    assert columns(chdb_client, database, "funnel_stages")[-2:] == ["within_seconds", "event_type"]
     engine = chdb_client.command(f"SELECT engine_full FROM system.tables WHERE database = '{database}' "
                                  "AND name = 'stage_entries'")
     assert "ReplacingMergeTree(version, is_deleted)" in str(engine)
@@ -62,3 +65,22 @@ def test_on_a_cluster_the_entries_rebuild_is_left_to_the_operator(chdb_client: C
                         "ORDER BY user_id")
     with pytest.raises(SinkConfigError, match="rebuild it by hand"):
         upgrade(chdb_client, database, {}, cluster="funnel")
+
+
+def test_a_database_from_before_named_stages_gets_the_exclusion_mark_and_stage_limits(
+        chdb_client: Client, database: str) -> None:
+    migrate(chdb_client, database)
+    for table in ("stage_entries", "transitions", "dropoffs"):  # as the identity version left them
+        chdb_client.command(f"ALTER TABLE {database}.{table} DROP COLUMN excluded")
+    chdb_client.command(f"ALTER TABLE {database}.funnel_stages DROP COLUMN within_seconds, "
+                        "DROP COLUMN event_type")
+    chdb_client.command(f"INSERT INTO {database}.funnel_stages (funnel, stage, stage_index, stages, "
+                        "conversion_window_seconds, attribution, updated_at) "
+                        "VALUES ('default', 'visit', 0, 5, 0, 'first_touch', now())")
+    assert sorted(upgrade(chdb_client, database, {})) == [
+        "dropoffs: added excluded", "funnel_stages: added within_seconds, event_type",
+        "stage_entries: added excluded", "transitions: added excluded"]
+    assert chdb_client.query(f"SELECT stage, event_type, within_seconds FROM {database}.funnel_stages"
+                             ).result_rows == [("visit", "visit", 0)]  # an old stage reads its own type
+    migrate(chdb_client, database)  # the views, which read the new columns, are made again
+    assert upgrade(chdb_client, database, {}) == []

@@ -58,7 +58,7 @@ def test_streaming_entries_agree_with_window_funnel(chdb_client: Client, ch_data
         while reached < 5 and rng.random() < 0.5:
             reached += 1
         t = rng.uniform(0, 3600)
-        for stage in DEFAULT_FUNNEL.stages[:reached]:
+        for stage in DEFAULT_FUNNEL.names[:reached]:
             events.append(make_event(stage, f"w{u}", at=t, channel=rng.choice(["seo", "ads"])))
             t += rng.uniform(1, 2 * DAY)
     # Arrival order must not matter: shuffle, the loader applies in event-time order per
@@ -178,7 +178,7 @@ def test_stalled_leads_by_temperature(chdb_client: Client, ch_database: str,
               for name, s in ago.items()]
     events += [{**make_event("signup", "hot", manager="bob"), "ts": now - 3600_000}]
     events += [{**make_event(stage, "buyer"), "ts": now - (5 - i) * 1000}
-               for i, stage in enumerate(DEFAULT_FUNNEL.stages)]  # reached the end: not stalled
+               for i, stage in enumerate(DEFAULT_FUNNEL.names)]  # reached the end: not stalled
     load_events(chdb_client, ch_database, events, FunnelsConfig(funnels=(DEFAULT_FUNNEL,)))
     assert query(chdb_client, ch_database,
                  "SELECT user_id, stage, temperature, manager FROM funnel.stalled_leads "

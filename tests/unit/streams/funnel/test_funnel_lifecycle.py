@@ -12,7 +12,7 @@ from streams.funnel.journey import UserState, apply_event, expire_window, furthe
 from streams.funnel.lifecycle import DeadlineWheel, StallTracker, WindowDeadline, WindowDeadlines
 
 HOUR = 3_600_000
-DAY_FUNNEL = FunnelDefinition(name="default", stages=DEFAULT_FUNNEL.stages, conversion_window_days=1)
+DAY_FUNNEL = FunnelDefinition(name="default", stages=DEFAULT_FUNNEL.names, conversion_window_days=1)
 
 
 def test_stall_tracker_moves_users_through_temperatures() -> None:
@@ -184,7 +184,7 @@ def test_no_dropoff_for_users_who_moved_on_or_finished(make_event) -> None:
     apply_event(state, make_event("signup", "u1", at=60), DAY_FUNNEL)
     assert expire_window(state, DAY_FUNNEL, "u1", "visit", 0) is None  # moved on
     buyer: UserState = {}
-    for i, stage in enumerate(DAY_FUNNEL.stages):
+    for i, stage in enumerate(DAY_FUNNEL.names):
         apply_event(buyer, make_event(stage, "b", at=i), DAY_FUNNEL)
     stage, entered = furthest(buyer, DAY_FUNNEL) or ("", 0)
     assert expire_window(buyer, DAY_FUNNEL, "b", stage, entered) is None  # the last stage

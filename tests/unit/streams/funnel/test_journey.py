@@ -366,7 +366,7 @@ def run_funnel(definition: FunnelDefinition, reached: Sequence[int], make_event)
     for user in range(reached[0]):
         state: UserState = {}
         depth = sum(1 for n in reached if user < n)
-        for i, stage in enumerate(definition.stages[:depth]):
+        for i, stage in enumerate(definition.names[:depth]):
             result = apply_event(state, make_event(stage, f"u{user}", at=60 * i,
                                                    funnel=definition.name), definition)
             entries.update(e.stage for e in result.entries)
@@ -376,12 +376,12 @@ def run_funnel(definition: FunnelDefinition, reached: Sequence[int], make_event)
 
 
 def conversions(definition: FunnelDefinition, entries: Counter) -> list[float]:
-    return [entries[b] / entries[a] for a, b in itertools.pairwise(definition.stages)]
+    return [entries[b] / entries[a] for a, b in itertools.pairwise(definition.names)]
 
 
 def test_worked_example_five_stages(make_event) -> None:
     entries, transitions = run_funnel(DEFAULT, [1000, 100, 40, 20, 10], make_event)
-    assert [entries[s] for s in DEFAULT.stages] == [1000, 100, 40, 20, 10]
+    assert [entries[s] for s in DEFAULT.names] == [1000, 100, 40, 20, 10]
     assert transitions == {("visit", "signup"): 100, ("signup", "webinar"): 40,
                            ("webinar", "consultation"): 20, ("consultation", "purchase"): 10}
     assert conversions(DEFAULT, entries) == [0.10, 0.40, 0.50, 0.50]

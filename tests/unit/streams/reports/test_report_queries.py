@@ -15,7 +15,7 @@ from streams.reports.report import BadSelection, Selection, funnel_report, selec
 
 NOW_MS = 1_769_860_800_000  # 2026-01-31T12:00:00Z
 CHANNELS = ("seo", "ads", "social")
-STAGES = DEFAULT_FUNNEL.stages
+STAGES = DEFAULT_FUNNEL.names
 FUNNELS = {"default": DEFAULT_FUNNEL, "short": FunnelDefinition(name="short", stages=("visit", "purchase"))}
 
 # (user prefix, attributed channel, minutes ago of the visit, users per stage). Each

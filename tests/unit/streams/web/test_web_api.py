@@ -103,7 +103,7 @@ def test_clickhouse_failure_is_503_and_no_reader_is_404() -> None:
 def test_config_lists_what_may_be_asked() -> None:
     status, body = _get(FunnelWeb(_worker(None)).config)
     assert status == 200
-    assert body["funnels"] == [{"name": "default", "stages": list(DEFAULT_FUNNEL.stages)}]
+    assert body["funnels"] == [{"name": "default", "stages": list(DEFAULT_FUNNEL.names)}]
     assert [r["key"] for r in body["ranges"]] == ["15m", "1h", "24h", "7d", "all"]
     assert body["channels"] == ["all", "seo", "ads", "other"]
     assert [s["key"] for s in body["stall_after"]] == ["1h", "1d", "7d"]
