@@ -300,13 +300,18 @@ class JourneyAgent:
         dirty[key] = (state, event)
         again = identity.merged_before(state, anonymous)
         m = self.metrics
-        for name, result, both in identity.merge(state, anonymous, record["journey"], self.funnels, person):
+        for name, result, counts in identity.merge(state, anonymous, record["journey"], self.funnels, person):
             out.add(result)
             touched[key, name] = tp
             if not again:
-                for stage in both:
+                for stage in counts.both:
                     out.tally.inc(m.child(m.stage_entries_merged, name, stage))
-                self._count_progress(out.tally, name, result)
+                channel = self._count_progress(out.tally, name, result)
+                for stage, change in counts.recount.items():  # an exclusion mark differed or changed
+                    if change > 0:
+                        out.tally.inc(m.child(m.stage_entries, name, stage, channel), change)
+                    else:
+                        out.tally.inc(m.child(m.stage_entries_excluded, name, stage), -change)
         if again:
             for _, result in identity.replay_rows(state, self.funnels, person):
                 out.add(result)
@@ -367,10 +372,14 @@ class JourneyAgent:
         """Count the new stage entries and first transitions of ``result``; the channel label used."""
         m = self.metrics
         channel = m.channel(result.channel)
-        if result.excluded:  # every entry came again: taken out of the counts, or put back
+        if result.excluded > 0:  # every entry came again: the counted ones are taken out
             for entry in result.entries:
-                tally.inc(m.child(m.stage_entries_excluded, funnel, entry.stage) if result.excluded > 0
-                          else m.child(m.stage_entries, funnel, entry.stage, channel))
+                if not entry.new:  # an entry new here was never counted
+                    tally.inc(m.child(m.stage_entries_excluded, funnel, entry.stage))
+            return channel
+        if result.excluded < 0:  # every entry came again: each counts once more (excluded - 1 + 1)
+            for entry in result.entries:
+                tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
             return channel
         for entry in result.entries:
             if entry.new and not entry.excluded:

@@ -41,6 +41,7 @@ journey agent counts them in ``funnel_stage_entries_merged_total``.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from schemas import FunnelDefinition, NormalizedEvent
@@ -170,13 +171,13 @@ def merged_before(state: UserState, anonymous: str) -> bool:
 
 
 def merge(state: UserState, anonymous: str, journey: dict[str, dict[str, Any]],
-          funnels: dict[str, FunnelDefinition], person: str) -> list[tuple[str, JourneyResult, list[str]]]:
+          funnels: dict[str, FunnelDefinition], person: str) -> list[tuple[str, JourneyResult, Merged]]:
     """Merge the anonymous id's ``journey`` (funnel states) into the ``person``'s ``state``.
 
     Returns, per funnel, what changed for the person (entries are never
-    ``new``: each journey counted its own) and the stages both journeys had
-    entered (counted twice). Merging a journey again changes nothing it
-    already gave; the caller checks :func:`merged_before` not to count twice.
+    ``new``: each journey counted its own) and how to correct the counts
+    (:class:`Merged`). Merging a journey again changes nothing it already
+    gave; the caller checks :func:`merged_before` not to count twice.
     """
     merged: list[str] = state.setdefault(MERGED, [])
     if anonymous not in merged:
@@ -189,14 +190,42 @@ def merge(state: UserState, anonymous: str, journey: dict[str, dict[str, Any]],
             fs = state.get(name)
             if fs is None:
                 fs = state[name] = _new_funnel_state()
-            result, both = _merge_funnel(fs, theirs, definition, person)
-            out.append((name, result, both))
+            out.append((name, *_merge_funnel(fs, theirs, definition, person)))
+    return out
+
+
+class Merged(NamedTuple):
+    """How a merge corrects a funnel's entry counters.
+
+    ``both``: the stages both journeys had entered (each counted one entry:
+    ``funnel_stage_entries_merged_total`` takes one back). ``recount``: stage
+    -> what the entries still need after that, when an exclusion mark
+    differed between the journeys or changed with the merge: +n counts n
+    more entries, -n counts n excluded ones (so entries - merged - excluded
+    is again the persons in the stage, not excluded).
+    """
+
+    both: list[str]
+    recount: dict[str, int]
+
+
+def _recount(mine: Collection[str], mine_excluded: bool, theirs: Collection[str], theirs_excluded: bool,
+             both: Collection[str], merged: Collection[str], now_excluded: bool) -> dict[str, int]:
+    """:attr:`Merged.recount`: per stage, counted after minus counted before (net of ``both``)."""
+    out = {}
+    for stage in merged:
+        before = ((stage in mine and not mine_excluded) + (stage in theirs and not theirs_excluded)
+                  - (stage in both))
+        change = (not now_excluded) - before
+        if change:
+            out[stage] = change
     return out
 
 
 def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: FunnelDefinition,
-                  person: str) -> tuple[JourneyResult, list[str]]:
+                  person: str) -> tuple[JourneyResult, Merged]:
     info = compiled(definition)
+    own, own_excluded = set(fs["st"]), fs.get("ex", False)  # what the person counted before
     fs["ver"] = max(fs["ver"], theirs["ver"])
     reattributed = _merge_attribution(fs, theirs, info.last_touch)
     dims = fs["dims"]
@@ -230,8 +259,12 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
             _retract_dropoffs(result, fs, info, person, index, ts)
     if theirs.get("xt"):  # the other journey's exclusion events are the person's
         fs["xt"] = sorted({*fs.get("xt", ()), *theirs["xt"]})[-SEEN_LIMIT:]
-    if "xt" in fs and _reexclude(result, fs, info, person):
-        return result, both  # every row again, under the new mark
+    remarked = "xt" in fs and _reexclude(result, fs, info, person)
+    counts = Merged(both, _recount(own, own_excluded, theirs["st"], theirs.get("ex", False), both,
+                                   reached, fs.get("ex", False)))
+    if remarked:
+        result.excluded = 0  # counted by ``recount`` instead
+        return result, counts  # every row again, under the new mark
     if reattributed:  # every row under the new channel
         result.entries.clear()
         _emit_all(result, fs, info, person, skip_transitions={t.to_stage for t in result.transitions})
@@ -243,7 +276,7 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
             result.entries.append(new_entry(info.name, stage, index, person, at[0], channel, at[1],
                                             dims_now, False, at[2] if len(at) > 2 else 1, False,
                                             fs.get("ex", False)))
-    return result, both
+    return result, counts
 
 
 def _merge_attribution(fs: dict[str, Any], theirs: dict[str, Any], last_touch: bool) -> bool:

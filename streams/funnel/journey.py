@@ -37,6 +37,7 @@ Rules (the README's "Journey rules" says the same):
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import replace
 from typing import Any
 
 from schemas import FunnelDefinition, NormalizedEvent
@@ -196,7 +197,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     _retransition(result, fs, info, user, channel)
     if fs.get("drops"):
         _retract_dropoffs(result, fs, info, user, entered[-1][1], ts)
-    if "xt" in fs and _reexclude(result, fs, info, user):
+    if "xt" in fs and _reexclude(result, fs, info, user, [e.stage for e in result.entries if e.new]):
         return result
     if reattributed:  # everything else the user has, under the new channel
         changed = {t.to_stage for t in result.transitions}
@@ -205,13 +206,15 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     return result
 
 
-def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str) -> bool:
+def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str,
+               fresh: Collection[str] = ()) -> bool:
     """Mark or unmark the person as excluded if that changed; whether it did.
 
     Excluded: an exclusion event between the person's first entry and their
     entry of the last stage (any time after the first entry while they have
     not entered it). A change re-emits every row under a higher version, with
-    ``result.excluded`` +1 (now excluded) or -1 (no longer).
+    ``result.excluded`` +1 (now excluded) or -1 (no longer). The entries of
+    ``fresh`` stages (entered by the event at hand, never counted) stay ``new``.
     """
     reached: dict[str, list[Any]] = fs["st"]
     now = False
@@ -236,6 +239,8 @@ def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: s
     result.dropoffs.clear()
     result.excluded = 1 if now else -1
     _emit_all(result, fs, info, user)
+    if fresh:
+        result.entries[:] = [replace(e, new=True) if e.stage in fresh else e for e in result.entries]
     return True
 
 

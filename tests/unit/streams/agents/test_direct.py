@@ -15,6 +15,7 @@ from faust.streams import current_event
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from schemas import FunnelsConfig
 from streams.agents.ingest import direct_partitions
 from streams.pipeline import Pipeline
 from streams.settings import Settings, load_funnels
@@ -90,10 +91,11 @@ def make_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     monkeypatch.setattr(time, "time", lambda: NOW_S)
     built: list[Pipeline] = []
 
-    def make(*, direct: bool) -> Pipeline:
+    def make(*, direct: bool, funnels: FunnelsConfig | None = None) -> Pipeline:
         settings = Settings(kafka_url="kafka://127.0.0.1:9", data_dir=tmp_path, topic_partitions=PARTITIONS,
                             topic_prefix="t.", direct_journeys=direct)
-        pipeline = Pipeline(settings, load_funnels(None), clickhouse=RecordingClient(),  # type: ignore[arg-type]
+        pipeline = Pipeline(settings, funnels or load_funnels(None),
+                            clickhouse=RecordingClient(),  # type: ignore[arg-type]
                             database="funnel", registry=CollectorRegistry())
         pipeline.journey.table = Table()  # type: ignore[assignment]
         normalized = Normalized()

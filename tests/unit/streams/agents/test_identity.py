@@ -63,7 +63,7 @@ class World:
         self.n = 0
 
     def event(self, event_type: str, *, user: str | None = None, anon: str | None = None, at: float = 0,
-              channel: str | None = None, key: str | None = None) -> bytes:
+              channel: str | None = None, key: str | None = None, **fields: Any) -> bytes:
         self.n += 1
         body: dict[str, Any] = {"event_id": f"00000000-0000-4000-8000-{self.n:012d}",
                                 "ts": T0 + round(at * 1000), "channel": channel}
@@ -73,6 +73,7 @@ class World:
             body["anonymous_id"] = anon
         if event_type == "purchase":
             body.update(amount="10", currency="EUR")
+        body.update(fields)
         return orjson.dumps({**body, "event_type": event_type, "_key": key or anon or user})
 
     def send(self, *raw: bytes) -> None:
