@@ -23,18 +23,20 @@ class Message(NamedTuple):
 
 
 def realistic_traffic(events: int, *, seed: int, rate: float = 2000.0, duplicate_rate: float = 0.01,
-                      identity: bool = False) -> tuple[list[Message], dict[str, Any]]:
+                      identity: bool = False, stage_properties: bool = False,
+                      ) -> tuple[list[Message], dict[str, Any]]:
     """``events`` distinct events of the generator's traffic, on a virtual clock of ``rate``/s.
 
     Uses the generator's own planning (users, channels, conversions, skips,
-    repeat purchases, duplicates, ``identity``), so the bench reads what
+    repeat purchases, duplicates, ``identity``, ``stage_properties``), so the bench reads what
     `funnel generate` would send; returns the messages and the generator's
     ground truth.
     """
     # The generator's planner, driven by a virtual clock instead of the wall clock.
     from streams.tools.generator import TrafficSpec, _Traffic, message_key
 
-    traffic = _Traffic(TrafficSpec(rate=rate, seed=seed, duplicate_rate=duplicate_rate, identity=identity))
+    traffic = _Traffic(TrafficSpec(rate=rate, seed=seed, duplicate_rate=duplicate_rate, identity=identity,
+                                   stage_properties=stage_properties))
     truth = traffic.truth
     out: list[Message] = []
     tick, now, budget = 0.02, 0.0, 0.0

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--identity", action="store_true",
                    help="visits carry only an anonymous id, the next stage both ids (the link), "
                    "later events only the user id")
+    g.add_argument("--stage-properties", action="store_true",
+                   help="properties that named stages filter on: page on visits (/pricing for about 30%%, "
+                   "and a second pricing visit for a quarter of users), lead_score 0-100 on signups (and a "
+                   "later second signup for 30%%), refunded=true on 5%% of purchases")
     g.add_argument("--truth", type=Path, default=None, help="write the ground truth JSON here")
 
     sub.add_parser("migrate", help="apply the ClickHouse DDL (idempotent)",
@@ -167,6 +171,7 @@ def _spec(args: argparse.Namespace) -> Any:
         funnel=args.funnel, channel_mix=mix, conversion=conversion, skip_rate=args.skip_rate,
         repeat_purchase=args.repeat_purchase, duplicate_rate=args.duplicate_rate,
         invalid_rate=args.invalid_rate, stage_delay=args.stage_delay, identity=args.identity,
+        stage_properties=args.stage_properties,
     )
 
 

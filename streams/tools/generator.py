@@ -76,6 +76,14 @@ class TrafficSpec:
     #: link), later events only the user id; each message is keyed by the id
     #: it is routed by (the anonymous id when both).
     identity: bool = False
+    #: Properties that named stages filter on (the README's b2b funnel):
+    #: visits carry ``properties.page`` (/pricing for about 30 %, and a
+    #: quarter of the users visit /pricing again before their next stage),
+    #: signups ``properties.lead_score`` 0-100 (and 30 % sign up again later,
+    #: with a new score: a lead that qualifies later), purchases
+    #: ``properties.refunded`` true for 5 %. The repeated visits and signups
+    #: are no new entries of the default funnel. Off: none of these draws.
+    stage_properties: bool = False
 
 
 @dataclass
@@ -184,12 +192,16 @@ class _Traffic:
         currency = self.rng.choice(CURRENCIES)
         region, manager = self.rng.choice(REGIONS), self.rng.choice(MANAGERS)
         previous = None
-        for offset, event_type in plan_user(self.rng, self.spec):
+        plan = [(offset, event_type, False) for offset, event_type in plan_user(self.rng, self.spec)]
+        if self.spec.stage_properties:
+            plan += [(offset, event_type, True) for offset, event_type in self._repeats(plan)]
+        for offset, event_type, repeat in plan:
+            prior = event_type if repeat else previous  # a repeat: no new entry, no transition
             payload: dict[str, Any] = {
                 "event_id": self._uuid(), "user_id": user,
                 "channel": channel, "campaign": campaign, "product": product, "region": region,
             }
-            if anonymous is not None and previous in (None, "visit"):  # before and at the link
+            if anonymous is not None and prior in (None, "visit"):  # before and at the link
                 payload["anonymous_id"] = anonymous
                 if event_type == "visit":
                     del payload["user_id"]
@@ -201,12 +213,36 @@ class _Traffic:
                 payload["email"] = f"{user}@example.com"
             if event_type == "purchase":
                 payload.update(amount=price, currency=currency, order_id=self._uuid()[:8])
+            if self.spec.stage_properties:
+                payload["properties"] = self._properties(event_type, repeat)
             duplicate = self.rng.random() < self.spec.duplicate_rate
             malformed = None
             if self.spec.invalid_rate and self.rng.random() < self.spec.invalid_rate:
                 malformed = _malformed(self.rng)
-            self._push(now + offset, _Planned(event_type, payload, previous, duplicate, malformed))
-            previous = event_type
+            self._push(now + offset, _Planned(event_type, payload, prior, duplicate, malformed))
+            if not repeat:
+                previous = event_type
+
+    def _repeats(self, plan: list[tuple[float, str, bool]]) -> list[tuple[float, str]]:
+        """``stage_properties``: a second visit (to /pricing) before the next stage, a later signup."""
+        out = []
+        delay = self.spec.stage_delay or 1.0
+        if self.rng.random() < 0.25:
+            out.append((self.rng.uniform(0.0, plan[1][0] if len(plan) > 1 else delay), "visit"))
+        signup = next((at for at, event_type, _ in plan if event_type == "signup"), None)
+        if signup is not None and self.rng.random() < 0.3:
+            out.append((signup + self.rng.expovariate(1.0 / (4 * delay)), "signup"))
+        return out
+
+    def _properties(self, event_type: str, repeat: bool) -> dict[str, Any]:
+        if event_type == "visit":  # a repeated visit is the pricing page
+            pricing = repeat or self.rng.random() < 0.3
+            return {"page": "/pricing" if pricing else self.rng.choice(["/", "/blog", "/features"])}
+        if event_type == "signup":
+            return {"lead_score": self.rng.randint(0, 100)}
+        if event_type == "purchase" and self.rng.random() < 0.05:
+            return {"refunded": True}
+        return {}
 
     def _push(self, due: float, event: _Planned) -> None:
         self._seq += 1
@@ -215,6 +251,12 @@ class _Traffic:
     def due(self, now: float) -> Iterator[_Planned]:
         while self._heap and self._heap[0][0] <= now:
             yield heapq.heappop(self._heap)[2]
+
+    def planned(self) -> Iterator[tuple[float, _Planned]]:
+        """Everything planned and not sent yet, with its due time, in due order (a virtual clock)."""
+        while self._heap:
+            due, _, event = heapq.heappop(self._heap)
+            yield due, event
 
     @property
     def waiting(self) -> int:

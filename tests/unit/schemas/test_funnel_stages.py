@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,30 +13,8 @@ from schemas import EVENT_TYPES, FunnelDefinition, FunnelsConfig
 from schemas.exceptions import FunnelConfigError
 from schemas.filters import compile_where, parse_where
 
-B2B = """
-funnels:
-  - name: default
-    stages: [visit, signup, webinar, consultation, purchase]
-  - name: b2b
-    conversion_window_days: 30
-    stages:
-      - visit
-      - name: pricing
-        event: visit
-        where: {properties.page: /pricing}
-      - name: lead
-        event: signup
-      - name: mql
-        event: signup
-        where: {properties.lead_score: {gte: 50}}
-        within_days: 14
-      - name: won
-        event: purchase
-        where: {amount: {gt: 0}, currency: {in: [EUR, USD]}}
-    exclude:
-      - event: purchase
-        where: {properties.refunded: true}
-"""
+#: The README's example, as shipped in deploy/ (FUNNEL_FUNNELS_FILE=deploy/funnels.b2b.yml).
+B2B = (Path(__file__).resolve().parents[3] / "deploy" / "funnels.b2b.yml").read_text()
 
 
 def load(text: str) -> FunnelsConfig:

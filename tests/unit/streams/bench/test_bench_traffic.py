@@ -58,3 +58,32 @@ def test_identity_traffic_is_anonymous_until_the_signup_links() -> None:
     assert ids["webinar"] == {(True, False), (True, True)}  # the link, when the user skipped the signup
     linked = sum(n for move, n in truth["transitions"].items() if move.startswith("visit->"))
     assert len(anonymous_of) == linked
+
+
+def test_stage_properties_set_page_lead_score_and_refunds_without_new_entries() -> None:
+    """`--stage-properties`: what the b2b funnel's filters read; the default funnel's truth still holds."""
+    # 50 events/s: two minutes of traffic, so most later signups (8 s after on average) are sent.
+    messages, truth = realistic_traffic(6_000, seed=5, rate=50, stage_properties=True, identity=True)
+    assert truth == realistic_traffic(6_000, seed=5, rate=50, stage_properties=True, identity=True)[1]
+    decoder = Decoder(["default"])
+    events = [(m, decoder.decode(m.value(NOW_MS + m.offset_ms), m.event_type, NOW_MS + 10**8))
+              for m in messages]
+    visits = [e for m, e in events if m.event_type == "visit"]
+    signups = [(m, e) for m, e in events if m.event_type == "signup"]
+    purchases = [e for m, e in events if m.event_type == "purchase"]
+    pages = Counter(e["properties"]["page"] for e in visits)
+    assert set(pages) == {"/", "/blog", "/features", "/pricing"}
+    assert 0.3 < pages["/pricing"] / len(visits) < 0.55  # 30 %, and the repeat visits
+    assert all(isinstance(e["properties"]["lead_score"], int) and 0 <= e["properties"]["lead_score"] <= 100
+               for _, e in signups)
+    repeats = [e for m, e in signups if not m.entry]
+    assert 0.15 < len(repeats) / len(signups) < 0.35
+    assert all(e["anonymous_id"] is None for e in repeats)  # after the link: the user id only
+    refunded = sum(e["properties"].get("refunded") is True for e in purchases)
+    assert 0.01 < refunded / len(purchases) < 0.12
+    assert Counter(m.event_type for m in messages if m.entry) == Counter(truth["entries"])
+    people = Counter((m.event_type, m.key) for m in messages if m.event_type == "visit")
+    assert max(people.values()) == 2
+    assert sum(m.entry for m in messages if m.event_type == "visit") == len(people)
+    plain, _ = realistic_traffic(500, seed=5)
+    assert all(b'"properties"' not in m.head for m in plain)  # off: no properties, no extra draws
