@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", action="store_true",
                    help="traffic as `funnel generate --identity` sends it: anonymous visits, the link at "
                    "the next stage, user ids after (the cost of identity against a run without)")
+    p.add_argument("--stage-properties", action="store_true",
+                   help="traffic as `funnel generate --stage-properties` sends it: page on visits, "
+                   "lead_score on signups, refunded on some purchases (what named stages filter on)")
+    p.add_argument("--funnels-file", type=Path, metavar="FILE",
+                   help="the workers' FUNNEL_FUNNELS_FILE, e.g. deploy/funnels.b2b.yml: the cost of more "
+                   "funnels and filtered stages; it must keep the funnel `default`, which the traffic and "
+                   "the checks are about")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record each worker with py-spy while it drains (DIR/<worker>.txt, collapsed "
@@ -121,10 +128,20 @@ def run(args: argparse.Namespace) -> Report:
         raise ValueError(f"--stores: choose from {', '.join(STORES)}")
     sizes = sizes_from(args)
     worker_env = parse_env(args.worker_env)
+    funnels_file = args.funnels_file.resolve() if args.funnels_file else None
+    if funnels_file is not None:
+        from streams.settings import load_funnels
+
+        if "default" not in load_funnels(funnels_file).by_name:  # FunnelConfigError is a ValueError
+            raise ValueError(f"--funnels-file {args.funnels_file}: no funnel `default`; the bench's "
+                             "traffic and checks are the default funnel's")
+        worker_env = {**worker_env, "FUNNEL_FUNNELS_FILE": str(funnels_file)}
     report = Report(machine=machine_info(), sizes={**asdict(sizes), "mode": "full" if args.full else "quick",
                                                    "worker_env": worker_env,
                                                    "worker_module": args.worker_module,
-                                                   "identity": args.identity})
+                                                   "identity": args.identity,
+                                                   "stage_properties": args.stage_properties,
+                                                   "funnels_file": str(funnels_file or "")})
     run_dir = Path(args.workdir or tempfile.mkdtemp(prefix="funnel-bench-")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(enabled=not args.quiet)
@@ -140,7 +157,8 @@ def run(args: argparse.Namespace) -> Report:
                       worker_env, args.worker_module,
                       # For the CPU split in the details; the broker keeps its process private.
                       broker_pid=getattr(getattr(broker, "_proc", None), "pid", None),
-                      identity=args.identity)
+                      identity=args.identity, stage_properties=args.stage_properties,
+                      funnels_file=funnels_file)
         timed = _Timer(report)
         if {"ceiling", "naive", "core", "pipeline", "freshness"} & set(stages):
             with timed("produce"):
@@ -163,7 +181,7 @@ def run(args: argparse.Namespace) -> Report:
                         stage_pipeline(ctx, worker)
                     else:  # freshness alone: the pre-produced backlog first
                         wait_drained(worker, ctx.truth["events"] + ctx.truth["duplicates"], progress,
-                                     "backlog", timeout=600)
+                                     "backlog", timeout=600, event_rows=ctx.event_rows(ctx.messages))
                 if "freshness" in stages:
                     with timed("freshness"):
                         stage_freshness(ctx, worker)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas import FunnelsConfig
 from streams.bench.kafka import create_topics, produce
 from streams.bench.report import Progress, Report
 from streams.bench.traffic import Message, realistic_traffic
@@ -47,10 +48,29 @@ class Context:
     broker_pid: int | None = None
     prefix: str = ""
     identity: bool = False  # the traffic links anonymous visitors at signup (generate --identity)
+    stage_properties: bool = False  # page, lead_score, refunded as generate --stage-properties sends them
+    funnels_file: Path | None = None  # the workers' FUNNEL_FUNNELS_FILE (None: the built-in default)
     messages: list[Message] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)
     sent: int = 0
     _chdb: Any = None
+
+    def funnels(self) -> FunnelsConfig:
+        """The funnels the workers run (``--funnels-file``, else the built-in default)."""
+        from streams.settings import load_funnels
+
+        return load_funnels(self.funnels_file)
+
+    def event_rows(self, messages: list[Message]) -> int:
+        """Rows ``messages`` make in ``events``: one per message per funnel that routes its type.
+
+        The traffic is the default funnel's; a funnels file adds a row for each
+        other funnel with a stage or an exclusion of that event type.
+        """
+        from streams.funnel.routing import routes_for
+
+        routes = {t: len(fs) for t, fs in routes_for(self.funnels().funnels).items()}
+        return sum(m.copies * routes[m.event_type] for m in messages)
 
     def chdb(self) -> Any:
         """The bench process's one embedded ClickHouse engine (chDB allows one per process)."""
@@ -64,7 +84,8 @@ class Context:
 def stage_preproduce(ctx: Context) -> None:
     ctx.prefix = f"bench-{uuid.uuid4().hex[:8]}."
     ctx.progress(f"traffic: planning {ctx.sizes.events} events", force=True)
-    ctx.messages, ctx.truth = realistic_traffic(ctx.sizes.events, seed=ctx.seed, identity=ctx.identity)
+    ctx.messages, ctx.truth = realistic_traffic(ctx.sizes.events, seed=ctx.seed, identity=ctx.identity,
+                                               stage_properties=ctx.stage_properties)
     started = time.monotonic()
 
     async def run() -> int:

@@ -93,7 +93,7 @@ def stage_core(ctx: Context) -> None:
     from streams.agents.collector import BatchCollector
     from streams.faust_adapt.envelopes import ENVELOPE_MAX_RECORDS
     from streams.pipeline import Pipeline
-    from streams.settings import Settings, load_funnels
+    from streams.settings import Settings
     from streams.tools.worker import tune_gc
     from streams.topics import partition_of
 
@@ -101,7 +101,7 @@ def stage_core(ctx: Context) -> None:
                         topic_prefix=ctx.prefix, data_dir=ctx.run_dir / "core")
     client = ctx.chdb()
     migrate(client, "bench_core")
-    pipeline = Pipeline(settings, load_funnels(None), clickhouse=client, database="bench_core",
+    pipeline = Pipeline(settings, ctx.funnels(), clickhouse=client, database="bench_core",
                         registry=CollectorRegistry())
     table, normalized = _Table(), _Capture()
     pipeline.journey.table = table  # type: ignore[assignment]

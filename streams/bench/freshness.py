@@ -49,17 +49,19 @@ def stage_freshness(ctx: Context, worker: WorkerProcess) -> None:
     # Fresh users, no duplicates: every message is one events row and the
     # counters map one to one onto production order.
     messages, _ = realistic_traffic(n, seed=ctx.seed + 1, rate=sizes.fresh_rate, duplicate_rate=0.0,
-                                    identity=ctx.identity)
+                                    identity=ctx.identity, stage_properties=ctx.stage_properties)
     worker.wait_ready()
-    base_entries = metric_sum(worker.metrics(), "funnel_stage_entries_total")
+    def entries() -> float:  # the default funnel's, which the traffic's entry marks are about
+        return metric_sum(worker.metrics(), "funnel_stage_entries_total", funnel="default")
+
+    base_entries = entries()
     # Rows the worker received from now on: the backlog before (drained) has
     # 1 % duplicates, whose extra rows background merges remove at any time,
     # so a count of every row can fall below its starting point.
-    fresh_rows = ("SELECT count() FROM funnel.events "
-                  f"WHERE received_at >= fromUnixTimestamp64Milli({int(time.time() * 1000)})")
+    fresh_rows = ("SELECT count() FROM funnel.events WHERE funnel = 'default' "
+                  f"AND received_at >= fromUnixTimestamp64Milli({int(time.time() * 1000)})")
     pollers = {
-        "metrics": _Poller(lambda: metric_sum(worker.metrics(), "funnel_stage_entries_total")
-                           - base_entries, 0.2),
+        "metrics": _Poller(lambda: entries() - base_entries, 0.2),
         "clickhouse": _Poller(lambda: float(worker.sql(fresh_rows)[0][0]), 0.2),
     }
     for poller in pollers.values():

@@ -31,6 +31,7 @@ def stage_memory(ctx: Context, stores: Sequence[str]) -> None:
             await produce(ctx.bootstrap, prefix, messages, int(time.time() * 1000), ctx.progress)
 
     asyncio.run(run())
+    rows = ctx.event_rows(messages)
     messages.clear()  # the workers need the memory more
     workers = {store: WorkerProcess(ctx.bootstrap, ctx.run_dir, f"memory-{store}", prefix, store,
                                     ctx.worker_env, ctx.worker_module)
@@ -41,13 +42,15 @@ def stage_memory(ctx: Context, stores: Sequence[str]) -> None:
                 worker.wait_metrics()
                 profiling.enter_context(profiled(ctx, worker))
             for store, worker in workers.items():
-                wait_drained(worker, users, ctx.progress, f"memory/{store}", timeout=120 + users / 250)
+                wait_drained(worker, users, ctx.progress, f"memory/{store}", timeout=120 + users / 250,
+                             event_rows=rows)
                 rss = worker.rss()
                 ctx.progress.done(f"memory/{store}: {users} users, RSS {rss['VmRSS'] / 2**20:.0f} MiB")
                 ctx.report.add(f"rss_{store}_store_{users}_users", rss["VmRSS"] / 2**20, "MiB")
                 ctx.report.details[f"memory_{store}"] = {
                     "users": users, "rss_bytes": rss["VmRSS"], "peak_bytes": rss.get("VmHWM"),
-                    "entries_in_clickhouse": worker.sql("SELECT count() FROM funnel.stage_entries")[0][0],
+                    "entries_in_clickhouse": worker.sql(
+                        "SELECT count() FROM funnel.stage_entries WHERE funnel = 'default'")[0][0],
                     # The embedded engine lives in the worker: what it accounts for of the RSS.
                     "chdb_tracked_bytes": _chdb_memory(worker),
                 }

@@ -150,8 +150,12 @@ class Drained:
 
 def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress, what: str,
                  timeout: float, settle: float = 2.0, every: float = 0.25,
-                 others: dict[str, int | None] | None = None) -> Drained:
-    """Poll /metrics until ``expected_events`` event rows are written and the sinks are quiet.
+                 others: dict[str, int | None] | None = None, event_rows: int | None = None) -> Drained:
+    """Poll /metrics until ``event_rows`` event rows are written and the sinks are quiet.
+
+    ``expected_events`` are the default funnel's events (what the consumed
+    count and its rate follow); ``event_rows`` the ``events`` rows of every funnel
+    (:meth:`Context.event_rows`; default ``expected_events``, one funnel).
 
     The last row is visible when the sink row counter last moved: an insert is
     queryable in chDB when it returns, and the counter moves right after.
@@ -173,7 +177,7 @@ def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress
         worker.check_alive()
         text = worker.metrics()
         now = time.monotonic()
-        consumed = metric_sum(text, "funnel_events_total")
+        consumed = metric_sum(text, "funnel_events_total", funnel="default")
         written = metric_sum(text, "funnel_sink_rows_total")
         events_rows = metric_sum(text, "funnel_sink_rows_total", table="events")
         if first_at is None and consumed > 0:
@@ -183,12 +187,12 @@ def wait_drained(worker: WorkerProcess, expected_events: int, progress: Progress
         progress(f"{what}: {consumed:.0f}/{expected_events} events consumed, {events_rows:.0f} event rows, "
                  f"{written:.0f} rows in all, "
                  f"{rate(consumed - (first_count or 0), now - (first_at or now)):.0f} events/s")
-        if (first_at is not None and events_rows >= expected_events and now - last_change >= settle
-                and metric_sum(text, "funnel_sink_pending_rows") == 0):
+        if (first_at is not None and events_rows >= (event_rows or expected_events)
+                and now - last_change >= settle and metric_sum(text, "funnel_sink_pending_rows") == 0):
             used = {k: round(cpu_last[k] - cpu_first[k], 2) for k in cpu_first}
             return Drained(first_at, first_count or 0.0, last_change, rows, used)
         if now > deadline:
-            raise TimeoutError(f"{what}: {events_rows:.0f}/{expected_events} event rows after "
+            raise TimeoutError(f"{what}: {events_rows:.0f}/{event_rows or expected_events} event rows after "
                                f"{timeout:.0f}s (log: {worker.log_path})")
         time.sleep(every)
 

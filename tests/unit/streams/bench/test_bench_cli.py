@@ -5,17 +5,23 @@ The stages themselves start a broker and workers; `make bench` runs them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.bench import cli
 from streams.bench.context import FULL, QUICK
+
+NO_DEFAULT = Path(__file__).with_name("no_default_funnel.yml")
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--only", "ceiling,warp"], "unknown stage(s) warp"),
      (["--stores", "redis"], "--stores: choose from memory, rocksdb"),
-     (["--worker-env", "PRODUCER_LINGER"], "expected NAME=VALUE")],
+     (["--worker-env", "PRODUCER_LINGER"], "expected NAME=VALUE"),
+     (["--funnels-file", "/nonexistent/funnels.yml"], "cannot read funnel config"),
+     (["--funnels-file", str(NO_DEFAULT)], "no funnel `default`")],
 )
 def test_bad_arguments_fail_before_anything_starts(argv: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +35,8 @@ def test_help_names_every_size_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--full", "--events", "--naive-events", "--fresh-rate", "--fresh-seconds",
-                 "--memory-users", "--sql-events", "--json", "--only"):
+                 "--memory-users", "--sql-events", "--json", "--only", "--funnels-file",
+                 "--stage-properties", "--identity"):
         assert flag in text
 
 
