@@ -336,17 +336,27 @@ def _bar(n: int, first: int) -> str:
     return "#" * (round(BAR_WIDTH * n / first) if first else 0)
 
 
+#: Width of the stage column: the longest default stage name and a space, more for longer names.
+STAGE_WIDTH = 13
+
+
+def _stage_width(stages: Sequence[str]) -> int:
+    """The stage column's width: stage names are configured (up to 64 characters), not event types."""
+    return max([STAGE_WIDTH, *(len(stage) + 1 for stage in stages)])
+
+
 def format_funnel(funnel: FunnelDefinition, counts: dict[str, int]) -> str:
     """A table with a proportional bar per stage and the conversions between them."""
+    width = _stage_width(funnel.names)
     lines = [f'funnel "{funnel.name}"',
-             f"  {'stage':<13}{'users':>9}  {'step':>7}  {'overall':>7}"]
+             f"  {'stage':<{width}}{'users':>9}  {'step':>7}  {'overall':>7}"]
     first = counts.get(funnel.names[0], 0)
     previous = None
     for stage in funnel.names:
         n = counts.get(stage, 0)
         step = f"{n / previous:.1%}" if previous else "-"
         overall = f"{n / first:.1%}" if first else "-"
-        lines.append(f"  {stage:<13}{n:>9}  {step:>7}  {overall:>7}  {_bar(n, first)}")
+        lines.append(f"  {stage:<{width}}{n:>9}  {step:>7}  {overall:>7}  {_bar(n, first)}")
         previous = n
     return "\n".join(lines)
 
@@ -356,13 +366,14 @@ def format_report(report: Mapping[str, Any]) -> str:
     channel = "all channels" if report["channel"] == ALL_CHANNELS else f"channel {report['channel']}"
     stages = report["stages"]
     first = stages[0]["users"] if stages else 0
+    width = _stage_width([row["stage"] for row in stages])
     lines = [
         f'funnel "{report["funnel"]}", {report["range_label"]}, {channel}',
-        f"  {'stage':<13}{'users':>9}  {'step':>7}  {'overall':>7}  {'cohort':>7}",
+        f"  {'stage':<{width}}{'users':>9}  {'step':>7}  {'overall':>7}  {'cohort':>7}",
     ]
     for row in stages:
         lines.append(
-            f"  {row['stage']:<13}{row['users']:>9}  {format_percent(row['step_conversion']):>7}  "
+            f"  {row['stage']:<{width}}{row['users']:>9}  {format_percent(row['step_conversion']):>7}  "
             f"{format_percent(row['overall_conversion']):>7}  "
             f"{format_percent(row['cohort_conversion']):>7}  {_bar(row['users'], first)}"
         )

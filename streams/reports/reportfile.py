@@ -128,6 +128,19 @@ def render_html(report: Report) -> bytes:
     return page.encode()
 
 
+#: Stage names (configured, up to 64 characters) beside the PNG's bars: full size up to this many
+#: characters, smaller up to twice as many, cut with an ellipsis beyond.
+_PNG_LABEL_CHARS = 16
+
+
+def _png_label(stage: str) -> tuple[str, float]:
+    """A stage name as the PNG writes it beside its bar, and its font size (12 pt when it fits)."""
+    if len(stage) <= _PNG_LABEL_CHARS:
+        return stage, 12.0
+    shown = stage if len(stage) <= 2 * _PNG_LABEL_CHARS else stage[:2 * _PNG_LABEL_CHARS - 1] + "…"
+    return shown, 12.0 * _PNG_LABEL_CHARS / len(shown)
+
+
 def render_png(report: Report) -> bytes:
     """A funnel chart for a slide: centred bars, users, step and overall conversion, time to convert."""
     import matplotlib
@@ -150,7 +163,8 @@ def render_png(report: Report) -> bytes:
             ax.barh(i, shown, left=(1 - shown) / 2, height=0.62, alpha=1 - 0.1 * i / max(n - 1, 1),
                     color=_BAR_COLOR if s["users"] else "#e5e7eb",
                     edgecolor=_BAR_EDGE if s["users"] else "none")
-            ax.text(-0.03, i, s["stage"], ha="right", va="center", fontsize=12, color=_INK, weight="bold")
+            label, size = _png_label(s["stage"])
+            ax.text(-0.03, i, label, ha="right", va="center", fontsize=size, color=_INK, weight="bold")
             inside = w > 0.18
             ax.text(0.5, i, f"{s['users']:,}", ha="center", va="center", fontsize=11,
                     color="white" if inside else _INK, weight="bold",
@@ -171,14 +185,17 @@ def render_png(report: Report) -> bytes:
         y -= 0.4 / height
         if ttc:
             fig.text(0.04, y, "Time to convert", fontsize=10, weight="bold", color=_INK)
-            header = f"{'from -> to':<28}{'users':>8}{'median':>10}{'p90':>10}{'average':>10}"
+            pairs = [t["from_stage"] + " -> " + t["to_stage"] for t in ttc]
+            width = max([28, *(len(pair) + 2 for pair in pairs)])  # stage names of any length
+            header = f"{'from -> to':<{width}}{'users':>8}{'median':>10}{'p90':>10}{'average':>10}"
             lines = [header] + [
-                f"{t['from_stage'] + ' -> ' + t['to_stage']:<28}{t['transitions']:>8,}"
+                f"{pair:<{width}}{t['transitions']:>8,}"
                 f"{format_duration(t['p50_seconds']):>10}{format_duration(t['p90_seconds']):>10}"
-                f"{format_duration(t['avg_seconds']):>10}" for t in ttc
+                f"{format_duration(t['avg_seconds']):>10}" for pair, t in zip(pairs, ttc, strict=True)
             ]
-            fig.text(0.04, y - 0.12 / height, "\n".join(lines), fontsize=8.5, family="monospace",
-                     color=_INK, va="top", linespacing=1.5)
+            # 8.5 pt fits a line of 110 characters across the slide; longer lines get smaller.
+            fig.text(0.04, y - 0.12 / height, "\n".join(lines), fontsize=min(8.5, 8.5 * 110 / len(header)),
+                     family="monospace", color=_INK, va="top", linespacing=1.5)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", facecolor="white")
         return buf.getvalue()

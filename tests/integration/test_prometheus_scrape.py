@@ -63,7 +63,8 @@ WARMUP = [n // 5 for n in TRAFFIC]  # 40, 10, 4, 2, 1: the same proportions (see
 TOTAL = dict(zip(STAGES, (w + t for w, t in zip(WARMUP, TRAFFIC, strict=True)), strict=True))
 CHANNEL = "seo"  # one channel: one series per stage
 GAP = 60_000  # event time between stages (ms)
-#: The monitored steps of funnel "default" in recording.yml and their period conversion.
+#: The steps recording.yml monitors for funnel "default" (adjacent stages and first -> last, from the
+#: stage pairs the worker exports) and their period conversion.
 STEPS = {
     ("visit", "signup"): 50 / 200,
     ("signup", "webinar"): 20 / 50,
@@ -237,9 +238,9 @@ def test_prometheus_scrapes_worker_and_records_conversion(worker: Worker, tmp_pa
         # The recorded steps are the only ones (no stray label combination).
         assert set(prom.values(ratio5m, "from_stage", "to_stage")) == set(STEPS)
         # Numerator and denominator are recorded per step too: both in the same proportion.
-        from_5m = prom.values('funnel_step:funnel_from_stage_entries:increase5m{funnel="default"}',
+        from_5m = prom.values('funnel_step:funnel_from_stage_persons:increase5m{funnel="default"}',
                               "from_stage", "to_stage")
-        to_5m = prom.values('funnel_step:funnel_to_stage_entries:increase5m{funnel="default"}',
+        to_5m = prom.values('funnel_step:funnel_to_stage_persons:increase5m{funnel="default"}',
                             "from_stage", "to_stage")
         assert set(from_5m) == set(to_5m) == set(STEPS)
         for (a, b), ratio in STEPS.items():

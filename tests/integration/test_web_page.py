@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from streams.tools.broker import EmbeddedBroker
+from tests.named_stages import B2B_STAGES, FUNNELS_YAML
 
 from .harness import Worker, event, produce, start_worker, wait_until
 
@@ -51,12 +52,17 @@ EXPECTED = {
 # Stalled (furthest stage, nothing new for longer than the threshold), visit..consultation.
 STALLED = {"7d": [0, 0, 0, 0], "1h": [60, 10, 0, 5], "1d": [20, 0, 0, 5]}
 # A second funnel, named on its events: 10 visits, 4 webinars, 1 purchase, 8 minutes ago.
-WEBINAR_FUNNEL = """funnels:
-  - name: default
-    stages: [visit, signup, webinar, consultation, purchase]
-  - name: webinar
+# A third, b2b (tests/named_stages.py), whose stage names are not event types: pricing is a
+# visit of /pricing, lead a signup, mql a signup with a lead score of 50 or more, won a paid
+# purchase in EUR or USD; a refunded purchase excludes the person.
+FUNNELS = FUNNELS_YAML + """  - name: webinar
     stages: [visit, webinar, purchase]
 """
+# b2b, 9 minutes ago, a minute between steps: q0..q9 visit the home page, q0..q5 then the
+# pricing page, q0..q3 sign up (q0, q1 with lead score 80, q2, q3 with 20), q0 buys and q1
+# buys and is refunded (so q1 counts nowhere).
+B2B_USERS = [9, 5, 3, 1, 1]  # persons per stage, q1 left out
+B2B_ROWS = (10 + 6 + 4 + 2 + 2, 4 + 4 + 2 * 2 + 2 * 1)  # entries and transitions, q1's included
 INVALID = [b"{not json", b'{"user_id": 42}']
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -79,6 +85,16 @@ def _traffic(prefix: str, now_ms: int) -> list[tuple[str, bytes | None, bytes]]:
     for stage, count, offset in (("visit", 10, 0), ("webinar", 4, 1), ("purchase", 1, 2)):
         for i in range(count):
             add(stage, f"w{i}", now_ms - (8 - offset) * 60_000, channel="ads", funnel="webinar")
+    b2b = now_ms - 9 * 60_000
+    for i in range(10):
+        add("visit", f"q{i}", b2b, channel="seo", funnel="b2b", properties={"page": "/"})
+    for i in range(6):
+        add("visit", f"q{i}", b2b + 60_000, channel="seo", funnel="b2b", properties={"page": "/pricing"})
+    for i in range(4):
+        add("signup", f"q{i}", b2b + 2 * 60_000, channel="seo", funnel="b2b",
+            properties={"lead_score": 80 if i < 2 else 20})
+    add("purchase", "q0", b2b + 3 * 60_000, channel="seo", funnel="b2b")
+    add("purchase", "q1", b2b + 3 * 60_000, channel="seo", funnel="b2b", properties={"refunded": True})
     messages += [(f"{prefix}visit", None, raw) for raw in INVALID]
     return messages
 
@@ -87,7 +103,7 @@ def _traffic(prefix: str, now_ms: int) -> list[tuple[str, bytes | None, bytes]]:
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """A worker with two funnels and the known traffic in ClickHouse."""
     tmp = tmp_path_factory.mktemp("web")
-    (tmp / "funnels.yml").write_text(WEBINAR_FUNNEL)
+    (tmp / "funnels.yml").write_text(FUNNELS)
     run = uuid.uuid4().hex[:8]
     env = dict(
         FUNNEL_KAFKA_URL=broker.url, FUNNEL_CLICKHOUSE_URL=f"chdb://{tmp / 'chdb'}",
@@ -99,8 +115,8 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         messages = _traffic(env["FUNNEL_TOPIC_PREFIX"], int(time.time() * 1000))
         produce(broker.url.removeprefix("kafka://"), messages)
-        entries = sum(sum(c) for *_, c in COHORTS) + 15
-        transitions = sum(sum(c[1:]) for *_, c in COHORTS) + 5
+        entries = sum(sum(c) for *_, c in COHORTS) + 15 + B2B_ROWS[0]
+        transitions = sum(sum(c[1:]) for *_, c in COHORTS) + 5 + B2B_ROWS[1]
         wait_until(lambda: worker.scalar("SELECT count() FROM funnel.stage_entries FINAL") == entries
                    and worker.scalar("SELECT count() FROM funnel.transitions FINAL") == transitions
                    and worker.metric_sum("funnel_invalid_events_total") == len(INVALID),
@@ -152,6 +168,8 @@ return {
   summary: card.querySelector('.overall-conversion').textContent,
   ttc: all('.ttc tbody tr').map((r) => Array.from(r.cells).map((c) => c.textContent)),
   stalled: all('.stalled tbody tr').map((r) => [r.dataset.stage, r.querySelector('.users').textContent]),
+  clipped: all('.stages .stage .name').filter((e) => e.scrollWidth > e.clientWidth).map((e) => e.textContent),
+  trend: card.querySelector('.trend-note').textContent,
   error: document.getElementById('error').hidden ? '' : document.getElementById('error').textContent,
 };
 """
@@ -165,7 +183,7 @@ def _shows(driver: Any, range_: str, channel: str, stall: str = "7d", funnel: st
            users: list[int] | None = None) -> dict[str, Any]:
     """Wait until the page shows this selection with these users per stage; return what it shows."""
     want = users if users is not None else EXPECTED[(range_, channel)]
-    stages = STAGES if funnel == "default" else ["visit", "webinar", "purchase"]
+    stages = {"default": STAGES, "b2b": list(B2B_STAGES)}.get(funnel, ["visit", "webinar", "purchase"])
     expected = [[s, f"{n:,}"] for s, n in zip(stages, want, strict=True)]
 
     def check() -> dict[str, Any] | None:
@@ -202,6 +220,13 @@ def test_page_shows_the_known_funnel_and_follows_the_controls(stack: Worker, tmp
             ["consultation → purchase", "3"]]
         assert {t[2] for t in card["ttc"]} == {"1m"}  # every move took exactly a minute
         assert _shows(driver, "24h", "all", funnel="webinar", users=[10, 4, 1])["steps"] == ["40.0%", "25.0%"]
+        # b2b: its stage names, in its order, whole; the refunded person left out.
+        card = _shows(driver, "24h", "all", funnel="b2b", users=B2B_USERS)
+        assert card["steps"] == ["55.6%", "60.0%", "33.3%", "100.0%"] and card["summary"] == "11.1%"
+        assert [t[:3] for t in card["ttc"]] == [["visit → pricing", "5", "1m"], ["pricing → lead", "3", "1m"],
+                                                ["lead → mql", "1", "0s"], ["mql → won", "1", "1m"]]
+        assert card["stalled"] == [[s, "0"] for s in B2B_STAGES[:-1]]
+        assert card["trend"] == "visit → won" and not card["clipped"]
 
         _choose(driver, "range", "15m")
         card = _shows(driver, "15m", "all")
@@ -315,6 +340,26 @@ def test_report_in_the_terminal_and_as_files(stack: Worker, tmp_path: Path) -> N
     with Image.open(out / "report.png") as image:
         assert image.width == 1500 and image.height > 600
 
+    done = _cli(stack, "report", "--funnel", "b2b", "--range", "15m")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:8] == [
+        'funnel "b2b", last 15 min, all channels',
+        "  stage            users     step  overall   cohort",
+        "  visit                9        -   100.0%   100.0%  " + "#" * 30,
+        "  pricing              5    55.6%    55.6%    55.6%  " + "#" * 17,
+        "  lead                 3    60.0%    33.3%    33.3%  " + "#" * 10,
+        "  mql                  1    33.3%    11.1%    11.1%  " + "#" * 3,
+        "  won                  1   100.0%    11.1%    11.1%  " + "#" * 3,
+        "overall conversion 11.1% (period ratio); cohort 11.1% of the 9 who entered visit in the period",
+    ]
+    # What the dashboards and rules count as persons per stage (entries - merged - excluded)
+    # is what the page and the report show.
+    persons = [stack.metric_sum("funnel_stage_entries_total", funnel="b2b", stage=s)
+               - stack.metric_sum("funnel_stage_entries_merged_total", funnel="b2b", stage=s)
+               - stack.metric_sum("funnel_stage_entries_excluded_total", funnel="b2b", stage=s)
+               for s in B2B_STAGES]
+    assert persons == B2B_USERS
+
     refused = _cli(stack, "report", "--channel", "tiktok")
     assert refused.returncode == 2
     assert "channel 'tiktok' is not one of: all, seo" in refused.stderr
@@ -326,7 +371,7 @@ def test_emit_sends_valid_events_and_explains_invalid_ones(stack: Worker) -> Non
     flags = _cli(stack, "emit", "purchase", "--user", "emit-1", "--amount", "49.90", "--currency", "eur",
                  "--funnel", "default", "--ts", "2020-01-01T00:00:00Z", "--property", "coupon=BF")
     assert flags.returncode == 0, flags.stderr
-    assert flags.stdout.startswith("emit: sent purchase ") and " for user emit-1 to " in flags.stdout
+    assert flags.stdout.startswith("emit: sent purchase ") and " for emit-1 to " in flags.stdout
     piped = _cli(stack, "emit", "-", stdin=json.dumps({
         "event_type": "purchase", "user_id": "emit-2", "ts": "2020-01-01T00:00:00Z", "funnel": "default",
         "amount": "10", "currency": "USD"}))

@@ -99,7 +99,7 @@
       const bar = el("div", { class: r.users ? "bar" : "bar empty", title: fmtInt(r.users) + " users" });
       bar.style.width = width.toFixed(2) + "%";
       parts.push(el("div", { class: "stage", "data-stage": r.stage, role: "row" },
-        el("span", { class: "name", text: r.stage }),
+        el("span", { class: "name", text: r.stage, title: r.stage }),
         el("span", { class: "users", text: fmtInt(r.users) }),
         el("div", { class: "track" }, bar),
         el("span", { class: "overall", text: fmtPct(r.overall_conversion) }),
@@ -273,6 +273,10 @@
       const card = template.content.firstElementChild.cloneNode(true);
       card.dataset.funnel = f.name;
       card.querySelector(".name").textContent = f.name;
+      // Stage names are configured (up to 64 characters, not only event types): the name
+      // column fits the longest, within limits; a longer one is cut with an ellipsis (full in its title).
+      const longest = Math.max(...f.stages.map((s) => s.length));
+      card.style.setProperty("--name-w", `clamp(110px, ${(1.15 * longest).toFixed(1)}ch, 260px)`);
       return card;
     }));
     if (!cfg.clickhouse) showError("This worker reads no ClickHouse: only pipeline health is shown.");

@@ -14,6 +14,7 @@ from deploy_support import DEPLOY
 from helm_render import Unsupported, render
 
 from streams.settings import SECRET_FIELDS, Settings, load_funnels
+from tests.named_stages import B2B, FUNNELS_YAML
 
 CHART = DEPLOY / "helm" / "funnel"
 KUBERNETES = "1.30.0"
@@ -124,6 +125,15 @@ def test_the_funnels_file_is_a_valid_funnel_configuration(tmp_path: Path) -> Non
     path = tmp_path / "funnels.yaml"
     path.write_text(configmap["data"]["funnels.yaml"])
     assert [f.name for f in load_funnels(path).funnels] == ["default"]
+
+
+def test_a_funnels_file_with_named_stages_goes_through_unchanged(tmp_path: Path) -> None:
+    """Stages named otherwise than event types, with filters (tests/named_stages.py), reach the
+    workers as written."""
+    configmap = _kind(manifests(_values(funnels=FUNNELS_YAML)), "ConfigMap")
+    path = tmp_path / "funnels.yaml"
+    path.write_text(configmap["data"]["funnels.yaml"])
+    assert load_funnels(path).by_name["b2b"] == B2B
 
 
 def test_the_renderer_refuses_what_it_does_not_implement() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schemas import DEFAULT_FUNNEL, FunnelDefinition
 from streams.reports.report import format_funnel, format_table
+from tests.named_stages import B2B
 
 HEADER = ["  stage            users     step  overall"]
 
@@ -17,6 +18,29 @@ def test_worked_example_funnel() -> None:
         "  webinar             40    40.0%     4.0%  #",
         "  consultation        20    50.0%     2.0%  #",
         "  purchase            10    50.0%     1.0%  ",
+    ]
+
+
+def test_named_stages_funnel() -> None:
+    """b2b's stages are its names (pricing is a visit, lead and mql signups, won a purchase)."""
+    counts = {"visit": 1000, "pricing": 300, "lead": 120, "mql": 40, "won": 8, "signup": 999, "purchase": 9}
+    assert format_funnel(B2B, counts).split("\n") == [
+        'funnel "b2b"', *HEADER,
+        "  visit             1000        -   100.0%  " + "#" * 30,
+        "  pricing            300    30.0%    30.0%  " + "#" * 9,
+        "  lead               120    40.0%    12.0%  ####",
+        "  mql                 40    33.3%     4.0%  #",
+        "  won                  8    20.0%     0.8%  ",
+    ]
+
+
+def test_a_long_stage_name_widens_the_column() -> None:
+    name = "enterprise-demo-booked"
+    funnel = FunnelDefinition(name="b2b", stages=("visit", {"name": name, "event": "signup"}))
+    assert format_funnel(funnel, {"visit": 10, name: 5}).split("\n") == [
+        'funnel "b2b"', "  stage                      users     step  overall",
+        "  visit                         10        -   100.0%  " + "#" * 30,
+        "  enterprise-demo-booked         5    50.0%    50.0%  " + "#" * 15,
     ]
 
 

@@ -12,6 +12,7 @@ from clickhouse_connect.driver.client import Client
 
 from schemas import DEFAULT_FUNNEL, FunnelDefinition
 from streams.reports.report import BadSelection, Selection, funnel_report, select, stalled_users, trend
+from tests.named_stages import B2B, B2B_STAGES
 
 NOW_MS = 1_769_860_800_000  # 2026-01-31T12:00:00Z
 CHANNELS = ("seo", "ads", "social")
@@ -182,3 +183,86 @@ def test_selection_defaults() -> None:
     assert (sel.funnel.name, sel.range, sel.channel) == ("default", "24h", "all")
     with pytest.raises(BadSelection, match="stalled threshold '2h'"):
         stalled_users(lambda sql, p: [], sel, "2h")
+
+
+# -- a funnel whose stage names are not event types (tests/named_stages.py) -------------------
+# (person, channel, the stages they entered, one a minute from 3 h ago). b3 skipped pricing
+# (a lead who never saw the pricing page). x0 entered every stage but an exclude event took
+# them out: their rows carry excluded = 1 and count nowhere.
+B2B_PERSONS = [
+    ("b0", "seo", ["visit", "pricing", "lead", "mql", "won"]),
+    ("b1", "seo", ["visit", "pricing", "lead", "mql"]),
+    ("b2", "ads", ["visit", "pricing", "lead"]),
+    ("b3", "ads", ["visit", "lead"]),
+    ("b4", "seo", ["visit", "pricing"]),
+    ("b5", "seo", ["visit", "pricing"]),
+    ("b6", "ads", ["visit", "pricing"]),
+    ("b7", "seo", ["visit"]),
+    ("b8", "ads", ["visit"]),
+    ("b9", "seo", ["visit"]),
+]
+B2B_EXCLUDED = ("x0", "seo", list(B2B_STAGES))
+
+
+@pytest.fixture
+def b2b_db(chdb_client: Client, ch_database: str) -> str:
+    start = NOW_MS - 180 * 60_000
+    entries, transitions = [], []
+    for (person, channel, stages), excluded in [*((p, 0) for p in B2B_PERSONS), (B2B_EXCLUDED, 1)]:
+        for k, stage in enumerate(stages):
+            ts = start + k * 60_000
+            entries.append(["b2b", stage, B2B_STAGES.index(stage), person, _at(ts), channel, uuid.uuid4(),
+                            excluded])
+            if k:
+                before = stages[k - 1]
+                transitions.append(["b2b", before, stage, B2B_STAGES.index(before), B2B_STAGES.index(stage),
+                                    person, _at(ts - 60_000), _at(ts), 60.0, channel, uuid.uuid4(), 1, 0,
+                                    excluded])
+    chdb_client.insert(f"{ch_database}.stage_entries", entries, column_names=[
+        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id", "excluded"])
+    chdb_client.insert(f"{ch_database}.transitions", transitions, column_names=[
+        "funnel", "from_stage", "to_stage", "from_index", "to_index", "user_id", "from_ts", "ts",
+        "seconds", "channel", "event_id", "version", "is_deleted", "excluded"])
+    return ch_database
+
+
+def _b2b(db: str, period: str = "24h", channel: str = "all") -> Selection:
+    return select({"default": DEFAULT_FUNNEL, "b2b": B2B}, CHANNELS, funnel="b2b", period=period,
+                  channel=channel, now_ms=NOW_MS, database=db)
+
+
+def test_named_stages_report_in_funnel_order(chdb_client: Client, b2b_db: str) -> None:
+    """Stages are the funnel's names (pricing is a visit, lead and mql are signups, won a
+    purchase), in its order; the excluded person counts nowhere."""
+    report = funnel_report(_rows(chdb_client), _b2b(b2b_db))
+    assert (report["funnel"], report["stages"][0]["stage"]) == ("b2b", "visit")
+    assert [(s["stage"], s["users"]) for s in report["stages"]] == [
+        ("visit", 10), ("pricing", 6), ("lead", 4), ("mql", 2), ("won", 1)]
+    assert [s["step_conversion"] for s in report["stages"]] == [None, 0.6, 4 / 6, 0.5, 0.5]
+    assert report["overall_conversion"] == 0.1
+    assert (report["cohort_size"], report["cohort_conversion"]) == (10, 0.1)
+    assert [s["cohort_users"] for s in report["stages"]] == [10, 6, 4, 2, 1]
+    # Transitions in funnel order, the skip visit -> lead between visit -> pricing and pricing -> lead.
+    assert [(t["from_stage"], t["to_stage"], t["transitions"]) for t in report["time_to_convert"]] == [
+        ("visit", "pricing", 6), ("visit", "lead", 1), ("pricing", "lead", 3), ("lead", "mql", 2),
+        ("mql", "won", 1)]
+    ads = funnel_report(_rows(chdb_client), _b2b(b2b_db, channel="ads"))
+    assert [s["users"] for s in ads["stages"]] == [4, 2, 2, 0, 0]
+
+
+def test_named_stages_trend_and_stalled(chdb_client: Client, b2b_db: str) -> None:
+    rows = _rows(chdb_client)
+    result = trend(rows, _b2b(b2b_db))
+    assert result["stages"] == list(B2B_STAGES)
+    (busy,) = [b for b in result["buckets"] if b["entries"]["visit"]]
+    assert busy["start"] == "2026-01-31T09:00:00Z"
+    assert busy["entries"] == {"visit": 10, "pricing": 6, "lead": 4, "mql": 2, "won": 1}
+    assert busy["period_conversion"] == 0.1
+    assert (busy["cohort_size"], busy["cohort_converted"]) == (10, 1)
+    # Furthest stage: b1 at mql, b2 and b3 at lead, b4..b6 at pricing, b7..b9 at visit; b0 won.
+    stalled = stalled_users(rows, _b2b(b2b_db), "1h")
+    assert [(s["stage"], s["users"]) for s in stalled["stages"]] == [
+        ("visit", 3), ("pricing", 3), ("lead", 2), ("mql", 1)]
+    assert stalled["total"] == 9
+    ads = stalled_users(rows, _b2b(b2b_db, channel="ads"), "1h")
+    assert [s["users"] for s in ads["stages"]] == [1, 1, 2, 0]

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from schemas import DEFAULT_FUNNEL
+from schemas import DEFAULT_FUNNEL, FunnelDefinition
 from streams.reports.report import format_duration, format_report, funnel_report, select
 from streams.reports.reportfile import render, write_report
+from tests.named_stages import B2B
 
 NOW_MS = 1_769_860_800_000  # 2026-01-31T12:00:00Z
 PERIOD = [("visit", 1000), ("signup", 100), ("webinar", 40), ("consultation", 20), ("purchase", 10)]
@@ -113,3 +114,82 @@ def test_write_to_stdout_and_unknown_format(report: dict[str, Any], capsysbinary
 ])
 def test_durations_for_people(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+# -- a funnel whose stage names are not event types (tests/named_stages.py) -------------------
+B2B_PERIOD = [("visit", 1000), ("pricing", 300), ("lead", 120), ("mql", 40), ("won", 8)]
+B2B_COHORT = [("visit", 1000), ("pricing", 310), ("lead", 125), ("mql", 41), ("won", 9)]
+B2B_TIMES = [("visit", "pricing", 300, 30.0, 120.0, 50.0), ("visit", "lead", 20, 600.0, 900.0, 700.0),
+             ("pricing", "lead", 100, 3600.0, 7200.0, 4000.0),
+             ("lead", "mql", 40, 86400.0, 172800.0, 90000.0),
+             ("mql", "won", 8, 7 * 86400.0, 14 * 86400.0, 8 * 86400.0)]
+
+
+def _b2b_rows(sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+    assert params["funnel"] == "b2b" and (params["first"], params["last"]) == ("visit", "won")
+    if "quantileExact" in sql:
+        return B2B_TIMES
+    return B2B_COHORT if "user_id IN" in sql else B2B_PERIOD
+
+
+@pytest.fixture
+def b2b_report() -> dict[str, Any]:
+    sel = select({"default": DEFAULT_FUNNEL, "b2b": B2B}, ["seo", "ads"], funnel="b2b", period="7d",
+                 now_ms=NOW_MS)
+    return funnel_report(_b2b_rows, sel)
+
+
+def test_named_stages_in_every_format(b2b_report: dict[str, Any], tmp_path: Any) -> None:
+    """The b2b funnel's own stage names (pricing is a visit, lead and mql signups, won a purchase),
+    in its order, in the terminal, CSV, JSON, HTML and PNG."""
+    assert format_report(b2b_report).splitlines()[:8] == [
+        'funnel "b2b", last 7 days, all channels',
+        "  stage            users     step  overall   cohort",
+        "  visit             1000        -   100.0%   100.0%  " + "#" * 30,
+        "  pricing            300    30.0%    30.0%    31.0%  " + "#" * 9,
+        "  lead               120    40.0%    12.0%    12.5%  ####",
+        "  mql                 40    33.3%     4.0%     4.1%  #",
+        "  won                  8    20.0%     0.8%     0.9%  ",
+        "overall conversion 0.8% (period ratio); cohort 0.9% of the 1000 who entered visit in the period",
+    ]
+    rows = list(csv.DictReader(io.StringIO(render(b2b_report, "csv").decode())))
+    assert [(r["funnel"], r["stage"], r["users"]) for r in rows] == [
+        ("b2b", "visit", "1000"), ("b2b", "pricing", "300"), ("b2b", "lead", "120"), ("b2b", "mql", "40"),
+        ("b2b", "won", "8")]
+    # From the previous stage of b2b: lead from pricing, not the visit -> lead skip.
+    assert [r["p50_seconds_from_previous"] for r in rows] == ["", "30.0", "3600.0", "86400.0", "604800.0"]
+    assert json.loads(render(b2b_report, "json"))["stages"][1]["stage"] == "pricing"
+    page = render(b2b_report, "html").decode()
+    assert '<tr data-stage="mql"><td>mql</td><td class="n">40</td>' in page
+    assert "<td>visit → lead</td>" in page
+    write_report(b2b_report, "png", tmp_path / "b2b.png")
+    assert (tmp_path / "b2b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_long_stage_names_keep_the_columns_aligned(tmp_path: Any) -> None:
+    """Stage names are configured, up to 64 characters (event types are at most 12)."""
+    long = "qualified-" + "x" * 54
+    funnel = FunnelDefinition(name="b2b", stages=(
+        {"name": "visit", "event": "visit"}, {"name": "enterprise-demo-booked", "event": "signup"},
+        {"name": long, "event": "purchase"}))
+    period = [("visit", 500), ("enterprise-demo-booked", 50), (long, 5)]
+
+    def rows(sql: str, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        if "quantileExact" in sql:
+            return [("visit", "enterprise-demo-booked", 50, 60.0, 90.0, 70.0),
+                    ("enterprise-demo-booked", long, 5, 3600.0, 7200.0, 4000.0)]
+        return period
+
+    report = funnel_report(rows, select({"b2b": funnel}, [], period="7d", now_ms=NOW_MS))
+    lines = format_report(report).splitlines()
+    table = lines[1:5]
+    assert [line.split()[0] for line in table] == ["stage", "visit", "enterprise-demo-booked", long]
+    # The users column ends in the same place on every line, after the longest name.
+    last_words = ["users", "500", "50", "5"]
+    ends = {line.index(word) + len(word) for line, word in zip(table, last_words, strict=True)}
+    assert len(ends) == 1 and ends.pop() > len(long) + 2
+    write_report(report, "png", tmp_path / "long.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "long.png") as image:
+        assert image.width == 1500

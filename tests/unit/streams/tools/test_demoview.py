@@ -167,3 +167,25 @@ def test_on_a_terminal_the_view_is_drawn_with_styles(tmp_path: Path) -> None:
     snap = Snapshot.from_json(view.snapshot_file.read_text())
     assert [(s.stage, s.users) for s in snap.funnels[0].stages][:2] == [("visit", 10), ("signup", 4)]
     assert snap.channels == (ChannelLine("ads", 10, 1),) and snap.earlier == 42 and not snap.error
+
+
+def test_named_stages_are_shown_by_their_names() -> None:
+    """b2b's stages (tests/named_stages.py) are names, not event types: with ClickHouse rows and
+    without, the view lists them in the funnel's order; top channels go from its first to its last."""
+    from tests.named_stages import B2B, B2B_STAGES
+
+    entries = [("visit", 10), ("pricing", 6), ("lead", 4), ("mql", 2), ("won", 1), ("signup", 99)]
+    rows = {"countIf(stage": [("ads", 10, 1)], "received_at <": [(0,)], "transitions FINAL": [],
+            "user_id IN": entries, "GROUP BY stage": entries}
+    worker = _Worker(rows)
+    worker.funnels = {"b2b": B2B}
+    view, _ = _view(worker, tty=False)
+    snap = asyncio.run(view.snapshot())
+    assert [(s.stage, s.users) for s in snap.funnels[0].stages] == [
+        ("visit", 10), ("pricing", 6), ("lead", 4), ("mql", 2), ("won", 1)]
+    text = plain(layout(snap))
+    assert "top channels by visit -> won" in text and re.search(r"^\s+mql\s+2\s+50\.0%", text, re.M)
+    offline = _Worker(reader=False)
+    offline.funnels = {"b2b": B2B}
+    snap = asyncio.run(_view(offline, tty=False)[0].snapshot())
+    assert [s.stage for s in snap.funnels[0].stages] == list(B2B_STAGES)

@@ -16,6 +16,7 @@ from schemas import DEFAULT_FUNNEL
 from sinks import FunnelMetrics
 from streams.settings import Settings
 from streams.web.routes import API_PATHS, STATIC_FILES, FunnelWeb
+from tests.named_stages import B2B, B2B_STAGES
 
 
 class _View:
@@ -138,3 +139,37 @@ def test_static_files_and_routes() -> None:
     status, (content_type, body) = _get(handlers["/"])
     assert status == 200 and content_type == "text/html" and body.startswith(b"<!doctype html>")
     assert _get(handlers["/static/app.js"])[1][0] == "text/javascript"
+
+
+# -- a funnel whose stage names are not event types (tests/named_stages.py) -------------------
+@pytest.fixture
+def b2b_site(chdb_client: Client, ch_database: str) -> FunnelWeb:
+    """b2b: 6 visit, 3 pricing, 2 lead, 1 mql, 1 won, a minute apart; x1 entered every stage but was
+    excluded (a refund), so they count nowhere."""
+    start = time.time() - 600
+    reached = {"u0": 5, "u1": 3, "u2": 2, "u3": 1, "u4": 1, "u5": 1, "x1": 5}
+    rows = [["b2b", stage, i, person, datetime.fromtimestamp(start + 60 * i, tz=UTC), "ads", uuid.uuid4(),
+             int(person.startswith("x"))]
+            for person, n in reached.items() for i, stage in enumerate(B2B_STAGES[:n])]
+    chdb_client.insert(f"{ch_database}.stage_entries", rows, column_names=[
+        "funnel", "stage", "stage_index", "user_id", "ts", "channel", "event_id", "excluded"])
+    return FunnelWeb(_worker(chdb_client, ch_database, funnels={"default": DEFAULT_FUNNEL, "b2b": B2B}))
+
+
+def test_named_stages_through_the_api(b2b_site: FunnelWeb) -> None:
+    status, config = _get(b2b_site.config)
+    assert status == 200
+    assert config["funnels"][1] == {"name": "b2b", "stages": ["visit", "pricing", "lead", "mql", "won"]}
+    status, body = _get(b2b_site.funnel, funnel="b2b", range="15m")
+    assert status == 200 and body["funnel"] == "b2b"
+    assert [(s["stage"], s["users"]) for s in body["stages"]] == [
+        ("visit", 6), ("pricing", 3), ("lead", 2), ("mql", 1), ("won", 1)]
+    assert body["overall_conversion"] == 1 / 6 and body["cohort_size"] == 6
+    status, trend = _get(b2b_site.trend, funnel="b2b", range="1h")
+    assert status == 200 and trend["stages"] == list(B2B_STAGES)
+    assert {stage: sum(b["entries"][stage] for b in trend["buckets"]) for stage in B2B_STAGES} == {
+        "visit": 6, "pricing": 3, "lead": 2, "mql": 1, "won": 1}
+    status, stalled = _get(b2b_site.stalled, funnel="b2b", after="1h")
+    assert status == 200 and [s["stage"] for s in stalled["stages"]] == ["visit", "pricing", "lead", "mql"]
+    # The default funnel, beside it, has none of b2b's rows.
+    assert {s["users"] for s in _get(b2b_site.funnel, range="15m")[1]["stages"]} == {0}

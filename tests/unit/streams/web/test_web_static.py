@@ -55,3 +55,16 @@ def test_every_element_the_script_looks_up_exists() -> None:
     assert ids and all(f'id="{i}"' in html for i in ids), ids
     for key in re.findall(r'set\("([a-z_]+)"', script):
         assert f'data-health="{key}"' in html, key
+
+
+def test_the_stage_name_column_fits_the_configured_names() -> None:
+    """Stage names are configured (up to 64 characters, not only event types): the name
+    column's width comes from each funnel's stage names, and a name too long is cut visibly
+    (ellipsis, the whole name in its title), never drawn over the numbers."""
+    css, script = _text("style.css"), _text("app.js")
+    stage_rule = re.search(r"\.stage \{[^}]*grid-template-columns:\s*([^;]+);", css)
+    assert stage_rule and stage_rule.group(1).split()[0] == "var(--name-w)"
+    assert re.search(r"\.stage \.name \{[^}]*text-overflow: ellipsis", css)
+    assert re.search(r'setProperty\("--name-w",[^;]*longest', script)
+    assert re.search(r"const longest = Math\.max\(\.\.\.f\.stages\.map", script)
+    assert 'class: "name", text: r.stage, title: r.stage' in script
