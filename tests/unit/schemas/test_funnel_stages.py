@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from schemas import EVENT_TYPES, FunnelDefinition, FunnelsConfig
 from schemas.exceptions import FunnelConfigError
 from schemas.filters import compile_where, parse_where
 
+ROOT = Path(__file__).resolve().parents[3]
 #: The README's example, as shipped in deploy/ (FUNNEL_FUNNELS_FILE=deploy/funnels.b2b.yml).
-B2B = (Path(__file__).resolve().parents[3] / "deploy" / "funnels.b2b.yml").read_text()
+B2B = (ROOT / "deploy" / "funnels.b2b.yml").read_text()
 
 
 def load(text: str) -> FunnelsConfig:
@@ -36,6 +38,13 @@ def test_the_b2b_example_and_the_old_form_load() -> None:
     assert (b2b.index("mql"), b2b.index("signup")) == (3, -1)
     assert FunnelDefinition(name="x", stages=("visit", "purchase")).names == ("visit", "purchase")
     assert hash(b2b) == hash(load(B2B).funnels[1])  # frozen and hashable, filters included
+
+
+def test_the_readme_shows_the_shipped_b2b_example_and_its_funnel_blocks_load() -> None:
+    blocks = re.findall(r"^```yaml\n(funnels:\n.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    assert B2B[B2B.index("funnels:"):] in blocks, "README's b2b example differs from deploy/funnels.b2b.yml"
+    for block in blocks:
+        assert load(block).funnels
 
 
 EVENT: dict[str, Any] = {

@@ -10,6 +10,13 @@ The data set (hours before now): seven users through the default funnel.
   g  email/news  eu pro     visit 30, signup 29, webinar 28, consultation 27
 and 300 EUR of ads spend over the last 100 hours. a's visit came with a cookie
 id too (the link); the cookie was later sent with b's user id (a conflict).
+
+Recipes 16 and 17 read the b2b funnel of deploy/funnels.b2b.yml, on their own data set:
+  p  visit /pricing 100, signup (lead score 70) 90, purchase 200 EUR 10  -> every stage
+  q  visit /home 800, signup (score 20) 790, signup (score 80) 400       -> mql 16 days after lead:
+                                                                            entered, no transition
+  r  visit /pricing 50, signup (score 60) 40, refunded purchase 30       -> excluded
+  s  visit 20
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from clickhouse_connect.driver.client import Client
 
 from schemas import DEFAULT_FUNNEL, FunnelsConfig, NormalizedEvent
@@ -28,7 +36,8 @@ from sinks import COLUMNS, migrate
 
 from .analytics_data import load_events, query
 
-COOKBOOK = Path(__file__).resolve().parents[3] / "docs" / "sql-cookbook.md"
+ROOT = Path(__file__).resolve().parents[3]
+COOKBOOK = ROOT / "docs" / "sql-cookbook.md"
 H = 3_600_000
 USERS: dict[str, tuple[dict[str, str], list[tuple[str, float, str | None]]]] = {
     "a": ({"channel": "ads", "campaign": "bf", "region": "eu", "product": "pro", "manager": "alice"},
@@ -45,6 +54,16 @@ USERS: dict[str, tuple[dict[str, str], list[tuple[str, float, str | None]]]] = {
           [("visit", 30, None), ("signup", 29, None), ("webinar", 28, None), ("consultation", 27, None)]),
 }
 COOKIE = "cookie-a"
+#: The b2b data set: user -> (event type, hours ago, properties, amount).
+B2B_USERS: dict[str, list[tuple[str, float, dict[str, Any], str | None]]] = {
+    "p": [("visit", 100, {"page": "/pricing"}, None), ("signup", 90, {"lead_score": 70}, None),
+          ("purchase", 10, {}, "200")],
+    "q": [("visit", 800, {"page": "/home"}, None), ("signup", 790, {"lead_score": 20}, None),
+          ("signup", 400, {"lead_score": 80}, None)],
+    "r": [("visit", 50, {"page": "/pricing"}, None), ("signup", 40, {"lead_score": 60}, None),
+          ("purchase", 30, {"refunded": True}, "100")],
+    "s": [("visit", 20, {"page": "/home"}, None)],
+}
 NOW_MS = int(time.time() * 1000)  # set again when the data set is loaded (the views use now())
 
 
@@ -62,6 +81,21 @@ def _events() -> list[NormalizedEvent]:
                 campaign=dims.get("campaign"), product=dims.get("product"), region=dims.get("region"),
                 manager=dims.get("manager"), order_id=None, email_hash=None, properties={}, source="",
                 **extra,
+            ))
+    return events
+
+
+def _b2b_events() -> list[NormalizedEvent]:
+    events = []
+    for user, steps in B2B_USERS.items():
+        for i, (event_type, hours_ago, properties, amount) in enumerate(steps):
+            ts = NOW_MS - int(hours_ago * H)
+            events.append(NormalizedEvent(  # type: ignore[typeddict-item]
+                event_id=f"00000000-0000-4000-9000-{ord(user):06d}{i:06d}", event_type=event_type,
+                funnel=None, user_id=user, anonymous_id=None, person_id=user, ts=ts, received_at=ts,
+                channel="ads", campaign=None, product=None, region=None, manager=None, order_id=None,
+                email_hash=None, properties=properties, source="", amount=amount,
+                currency="EUR" if amount else None,
             ))
     return events
 
@@ -114,6 +148,12 @@ EXPECTED: dict[int, Any] = {
          ("consultation", "", "a", "a"), ("purchase", "", "a", "a")],
     15: [("conflict", 1, 1, 1), ("linked", 1, 1, 1)],
 }
+#: On the b2b data set (r is excluded; q's mql came 16 days after its lead, beyond within_days 14).
+EXPECTED_B2B: dict[int, Any] = {
+    16: [("visit", "visit", 3, 1), ("pricing", "visit", 1, 1), ("lead", "signup", 2, 1),
+         ("mql", "signup", 2, 1), ("won", "purchase", 1, 1)],
+    17: [("pricing", 1, 1, 0), ("lead", 2, 2, 0), ("mql", 2, 1, 1), ("won", 1, 1, 0)],
+}
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +173,17 @@ def cookbook_db(chdb_client: Client) -> Any:
     chdb_client.command(f"DROP DATABASE IF EXISTS {database}")
 
 
+@pytest.fixture(scope="module")
+def b2b_db(chdb_client: Client) -> Any:
+    database = f"cookbook_b2b_{NOW_MS}"
+    migrate(chdb_client, database=database)
+    config = FunnelsConfig.from_mapping(yaml.safe_load((ROOT / "deploy" / "funnels.b2b.yml").read_text()),
+                                        "funnels.b2b.yml")
+    load_events(chdb_client, database, _b2b_events(), config)
+    yield database
+    chdb_client.command(f"DROP DATABASE IF EXISTS {database}")
+
+
 def _normalize(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [tuple(float(v) if type(v).__name__ == "Decimal" else v for v in row) for row in rows]
 
@@ -140,12 +191,17 @@ def _normalize(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 def test_cookbook_has_at_least_ten_recipes_all_with_expectations() -> None:
     recipes = _recipes()
     assert len(recipes) >= 10
-    assert set(recipes) == set(EXPECTED) | {1, 12}
+    assert set(recipes) == set(EXPECTED) | set(EXPECTED_B2B) | {1, 12}
 
 
 @pytest.mark.parametrize("number", sorted(EXPECTED))
 def test_recipe_returns_the_expected_numbers(chdb_client: Client, cookbook_db: str, number: int) -> None:
     assert _normalize(query(chdb_client, cookbook_db, _recipes()[number])) == EXPECTED[number]
+
+
+@pytest.mark.parametrize("number", sorted(EXPECTED_B2B))
+def test_b2b_recipe_returns_the_expected_numbers(chdb_client: Client, b2b_db: str, number: int) -> None:
+    assert _normalize(query(chdb_client, b2b_db, _recipes()[number])) == EXPECTED_B2B[number]
 
 
 def test_recipe_1_this_week_against_last_week(chdb_client: Client, cookbook_db: str) -> None:
