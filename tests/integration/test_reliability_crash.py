@@ -43,12 +43,16 @@ MIN_EVENTS = 200_000
 #: Where in the stream each SIGKILL comes: a random share of MIN_EVENTS written, within these bounds.
 KILL_AT = ((0.10, 0.30), (0.40, 0.60), (0.70, 0.85))
 KILLS = len(KILL_AT)
+#: How long a restarted worker may take to become ready. The memory store replays the whole
+#: journeys changelog (Faust's recovery, one record at a time: about 3 000 records/s here,
+#: 1 500/s on CI), so the third restart reads some 250 000 records.
+RESTART_TIMEOUT = 300.0
 
 
 def restart(env: dict[str, str], log_path: Path) -> Worker:
     """Start a worker; if it never becomes ready, say what its table recovery logged."""
     try:
-        return start_worker(env, log_path)
+        return start_worker(env, log_path, RESTART_TIMEOUT)
     except AssertionError as exc:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if "ecovery" in ln]
         raise AssertionError(f"{exc}\nrecovery log (last lines):\n" + "\n".join(lines[-6:])) from None

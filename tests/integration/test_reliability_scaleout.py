@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -39,8 +38,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 4008
 USERS = 8_000  # ~9 300 events
-RATE = 2_000  # events/s: producing the stream takes about 5 s
-KILL_AFTER = 2.0  # seconds into the stream, while it is still being produced
+RATE = 2_000  # events/s: producing the stream takes about 5 s, b is killed within it
 
 QUERIES = {
     "events": "SELECT event_id, event_type, currency, toString(amount) FROM funnel.events FINAL",
@@ -63,7 +61,10 @@ def test_two_workers_one_killed_the_other_takes_over(pipeline_env: dict[str, str
                 pipeline_env, truth, "--seed", str(SEED), "--users", str(USERS), "--rate", str(RATE),
                 "--stage-delay", "0.5", log_path=tmp_path / "generate.log",
             ) as generator:
-                time.sleep(KILL_AFTER)
+                # b is killed once it has written (not after a fixed sleep: on a slow
+                # machine b had written nothing yet, and the test checked nothing of it).
+                wait_until(lambda: b.scalar("SELECT count() FROM funnel.events") > 0, 60,
+                           "worker b to write its first events", every=0.1)
                 assert sum(pipeline_lag(a).values()) > 0, "nothing left to take over"
                 assert b.stop(signal.SIGKILL) == -signal.SIGKILL
                 assert generator.wait(120) == 0
