@@ -351,7 +351,7 @@ class JourneyAgent:
         if place is None:
             return
         stage, entered = place
-        finished = stage == funnel.names[-1]
+        finished = stage == funnel.stages[-1].name
         if not finished:
             self.deadlines.schedule(tp, key, funnel.name, stage, entered, window_ms(funnel))
         self.stalls.update(key, funnel.name, None if finished else stage,

@@ -108,8 +108,9 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     name = info.name
     fs = state.get(name)
     matched = info.matches(event)
+    excluding = bool(info.excludes) and info.excludes_person(event)
     if fs is None:
-        if len(matched) < 2 and not info.excludes:
+        if len(matched) < 2 and not excluding:
             return _first_event(state, info, event, matched)
         fs = state[name] = _new_funnel_state()
     event_id = event["event_id"]
@@ -161,7 +162,6 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     result = JourneyResult(False, [], [], [], channel, customer)
     user: str = event["person_id"]  # type: ignore[assignment]  # set by then
     reached: dict[str, list[Any]] = fs["st"]
-    excluding = bool(info.excludes) and info.excludes_person(event)
     if excluding:
         times: list[int] = fs.setdefault("xt", [])
         times.append(ts)

@@ -5,6 +5,8 @@ Late events that change the outcome included.
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 from schemas import FunnelDefinition, FunnelsConfig
@@ -131,3 +133,29 @@ def test_a_late_event_can_take_an_exclusion_back(make_event) -> None:
     assert min(e.version for e in won.entries) > max(e.version for e in refund.entries)
     again, = run(state, make_event("visit", at=-600, properties={"page": "/pricing"}, funnel=None))
     assert again.excluded == 0  # still: exclusion after the last stage
+
+
+def test_a_first_event_takes_the_fast_path_in_a_funnel_with_exclusions(make_event, monkeypatch) -> None:
+    """A person's first event that is no exclusion and enters one stage at most builds its state
+    in one go (journey._first_event), as in a funnel without exclusions; an exclusion does not."""
+    import streams.funnel.journey as journey
+
+    fast: list[str] = []
+    real = journey._first_event
+
+    def first_event(*args: Any) -> Any:
+        fast.append(args[2]["event_type"])
+        return real(*args)
+
+    monkeypatch.setattr(journey, "_first_event", first_event)
+    plain = FUNNEL.model_copy(update={"exclude": ()})
+    visit = make_event("visit", properties={"page": "/home"}, funnel=None)
+    with_exclusions: UserState = {}
+    without: UserState = {}
+    assert run(with_exclusions, visit) == [apply_event(without, visit, plain)]  # type: ignore[arg-type]
+    assert with_exclusions == {"b2b": without["b2b"]}
+    refund = make_event("purchase", amount="10", currency="EUR", properties={"refunded": True}, funnel=None)
+    state: UserState = {}
+    [result] = run(state, refund)
+    assert fast == ["visit", "visit"]  # the refund took the general path: it is remembered
+    assert state["b2b"]["xt"] == [refund["ts"]] and [e.stage for e in result.entries] == ["won"]
