@@ -41,6 +41,7 @@ from faust.types import TP, Message
 from streams.faust_adapt.commits import EnvelopeCommitter
 from streams.faust_adapt.endoffsets import ConsumerThread
 from streams.faust_adapt.envelopes import ENVELOPE_MAX_RECORDS, Envelope, EnvelopeLog
+from streams.faust_adapt.recovery import BatchRecovery
 
 __all__ = ["RewindingConsumer"]
 
@@ -125,8 +126,9 @@ class RewindingConsumer(EnvelopeCommitter):
         """One fetch: a stream partition's records as envelopes, strictly in offset order, none skipped.
 
         Replaces Faust's ``Consumer.getmany`` (faust-streaming 0.15.3), which
-        makes a message of every record. Changelog records are still handed
-        out one by one, as Faust's are. The records of a stream (agent)
+        makes a message of every record. Changelog records go to table
+        recovery a fetched batch at a time (:mod:`streams.faust_adapt.recovery`);
+        what it leaves is handed out one by one, as Faust's are. The records of a stream (agent)
         partition are handed out as :class:`~streams.faust_adapt.envelopes.Envelope`
         messages of up to ``ENVELOPE_MAX_RECORDS`` records, each recorded in
         the partition's :class:`~streams.faust_adapt.envelopes.EnvelopeLog`, which decides
@@ -168,6 +170,9 @@ class RewindingConsumer(EnvelopeCommitter):
             return
         generation = app.consumer_generation_id
         changelogs = app.tables.changelog_topics
+        recovery = getattr(app.tables, "recovery", None) if changelogs else None
+        if not isinstance(recovery, BatchRecovery):
+            recovery = None
         buffered = self._buffered_partitions
         to_message = self._to_message
         fetches = list(records.items())
@@ -180,7 +185,12 @@ class RewindingConsumer(EnvelopeCommitter):
                 continue
             app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if tp.topic in changelogs:
-                for record in fetched:
+                # Recovery and standbys take the batch at once (streams.faust_adapt.recovery);
+                # what they leave goes Faust's way, record by record.
+                applied = recovery.take_fetched(tp, fetched, to_message) if recovery is not None else 0
+                if applied:
+                    self._read_offset[tp] = fetched[applied - 1].offset  # what Faust's loop would set
+                for record in fetched[applied:]:
                     yield tp, to_message(tp, record)
                 continue
             taken = await self._in_order(tp, fetched, generation)
