@@ -29,6 +29,7 @@ faust-streaming 0.15.3 ``Consumer`` internals (pinned in pyproject.toml).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from time import monotonic
@@ -47,6 +48,8 @@ __all__ = ["RewindingConsumer"]
 
 log = logging.getLogger(__name__)
 
+#: Most changelog records recovery takes without letting other tasks run (some 40 ms).
+CHANGELOG_CHUNK = 1000
 #: How often partitions are checked for being behind with nothing handed out (_reread_idle).
 IDLE_CHECK_SECONDS = 5.0
 #: How long a partition may be behind with nothing handed out before it is read again.
@@ -187,9 +190,16 @@ class RewindingConsumer(EnvelopeCommitter):
             if tp.topic in changelogs:
                 # Recovery and standbys take the batch at once (streams.faust_adapt.recovery);
                 # what they leave goes Faust's way, record by record.
-                applied = recovery.take_fetched(tp, fetched, to_message) if recovery is not None else 0
-                if applied:
-                    self._read_offset[tp] = fetched[applied - 1].offset  # what Faust's loop would set
+                applied = 0
+                while recovery is not None and applied < len(fetched):
+                    chunk = fetched[applied:applied + CHANGELOG_CHUNK]
+                    took = recovery.take_fetched(tp, chunk, to_message)
+                    if took:
+                        applied += took
+                        self._read_offset[tp] = fetched[applied - 1].offset  # what Faust's loop would set
+                    if took < len(chunk):
+                        break
+                    await asyncio.sleep(0)  # others run meanwhile, as Faust's loop lets them every 100
                 for record in fetched[applied:]:
                     yield tp, to_message(tp, record)
                 continue

@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
+from streams.faust_adapt import offsets
 from streams.faust_adapt.recovery import BatchRecovery
 from streams.faust_adapt.table import changelog_value
 from streams.pipeline import Pipeline
@@ -184,8 +185,10 @@ def test_standbys_follow_the_changelog_and_are_reported_ready(pipeline: Pipeline
     assert dict(table.data.data) == expected_table(CHANGES)
 
 
+@pytest.mark.parametrize("chunk", [4, 1000])
 def test_the_consumer_hands_a_fetched_changelog_batch_to_recovery_not_record_by_record(
-        pipeline: Pipeline, app: Any) -> None:
+        pipeline: Pipeline, app: Any, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offsets, "CHANGELOG_CHUNK", chunk)
     table, recovery, consumer = pipeline.journeys, app.tables.recovery, app.consumer
     tp = changelog_tp(app)
     start_active_recovery(recovery, table, tp, highwater=len(CHANGES) - 1, bufsize=1000)
