@@ -44,9 +44,9 @@ MIN_EVENTS = 200_000
 KILL_AT = ((0.10, 0.30), (0.40, 0.60), (0.70, 0.85))
 KILLS = len(KILL_AT)
 #: How long a restarted worker may take to become ready. The memory store replays the whole
-#: journeys changelog (Faust's recovery, one record at a time: about 3 000 records/s here,
-#: 1 500/s on CI), so the third restart reads some 250 000 records.
-RESTART_TIMEOUT = 300.0
+#: journeys changelog (streams.faust_adapt.recovery: some 20 000 records/s here), so the third
+#: restart reads some 250 000 records; Faust's own recovery, one record at a time, took 2-3 minutes.
+RESTART_TIMEOUT = 120.0
 
 
 def restart(env: dict[str, str], log_path: Path) -> Worker:
