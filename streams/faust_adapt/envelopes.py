@@ -7,8 +7,8 @@ iteration and the acknowledgement each cost several Python frames per record
 topics the agents consume, the consumer (:mod:`streams.faust_adapt.offsets`) instead
 wraps the records it fetched for one partition into an :class:`Envelope`, a
 Faust message whose value is the list of aiokafka records, so all of that is
-paid once per fetched batch. Changelog topics, table recovery and standbys
-stay Faust's, one record at a time.
+paid once per fetched batch. Changelog topics go to table recovery and
+standbys, a fetched batch at a time (:mod:`streams.faust_adapt.recovery`).
 
 Faust's commit tracking cannot hold envelopes: it commits the offsets after
 a run of consecutive acknowledged offsets, and an envelope acknowledges one
