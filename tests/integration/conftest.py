@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from streams.tools.broker import EmbeddedBroker
 
-from .harness import Worker, start_worker
+from .harness import Worker, pipeline_environment, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -23,19 +22,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture
 def pipeline_env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
     """Environment of a fresh pipeline: own topic prefix, consumer group and chDB."""
-    run = uuid.uuid4().hex[:8]
-    return {
-        "FUNNEL_KAFKA_URL": broker.url,
-        "FUNNEL_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}",
-        "FUNNEL_DATA_DIR": str(tmp_path / "data"),
-        "FUNNEL_TOPIC_PREFIX": f"t{run}.",
-        "FUNNEL_APP_ID": f"funnel-test-{run}",
-        "FUNNEL_TOPIC_PARTITIONS": "4",
-        "FUNNEL_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
-        "FUNNEL_BATCH_MAX_SECONDS": "0.3",
-        "FUNNEL_STATUS_INTERVAL_SECONDS": "2",
-        "FUNNEL_LOG_LEVEL": "info",
-    }
+    return pipeline_environment(broker.url, tmp_path)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +25,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.faust_adapt.endoffsets import read_end_offsets
 from streams.tools.netutil import free_port
+
+
+def pipeline_environment(broker_url: str, root: Path, app: str = "funnel-test") -> dict[str, str]:
+    """Environment of a fresh pipeline under ``root``: its own topic prefix, consumer group and chDB."""
+    run = uuid.uuid4().hex[:8]
+    return {
+        "FUNNEL_KAFKA_URL": broker_url,
+        "FUNNEL_CLICKHOUSE_URL": f"chdb://{root / 'chdb'}",
+        "FUNNEL_DATA_DIR": str(root / "data"),
+        "FUNNEL_TOPIC_PREFIX": f"t{run}.",
+        "FUNNEL_APP_ID": f"{app}-{run}",
+        "FUNNEL_TOPIC_PARTITIONS": "4",
+        "FUNNEL_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
+        "FUNNEL_BATCH_MAX_SECONDS": "0.3",
+        "FUNNEL_STATUS_INTERVAL_SECONDS": "2",
+        "FUNNEL_LOG_LEVEL": "info",
+    }
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:

@@ -28,7 +28,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -37,27 +36,14 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.tools.broker import EmbeddedBroker
 
-from .harness import bootstrap_of, generating, start_worker, wait_drained
+from .harness import bootstrap_of, generating, pipeline_environment, start_worker, wait_drained
 
 LAUNCHER = Path(__file__).with_name("recovery_bench_worker.py")
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
 def env_for(broker: EmbeddedBroker, root: Path) -> dict[str, str]:
-    run = uuid.uuid4().hex[:8]
-    return {
-        "FUNNEL_KAFKA_URL": broker.url,
-        "FUNNEL_CLICKHOUSE_URL": f"chdb://{root / 'chdb'}",
-        "FUNNEL_DATA_DIR": str(root / "data"),
-        "FUNNEL_TOPIC_PREFIX": f"t{run}.",
-        "FUNNEL_APP_ID": f"funnel-bench-{run}",
-        "FUNNEL_TOPIC_PARTITIONS": "4",
-        "FUNNEL_KAFKA_SESSION_TIMEOUT_SECONDS": "6",
-        "FUNNEL_BATCH_MAX_SECONDS": "0.3",
-        "FUNNEL_STATUS_INTERVAL_SECONDS": "2",
-        "FUNNEL_LOG_LEVEL": "info",
-        "FUNNEL_STORE": "memory://",
-    }
+    return {**pipeline_environment(broker.url, root, "funnel-bench"), "FUNNEL_STORE": "memory://"}
 
 
 def read_changelog(bootstrap: str, topic: str) -> tuple[int, dict[bytes, bytes]]:
