@@ -173,6 +173,7 @@ class JourneyAgent:
             dirty[key] = (state, event)
             late = observe(tp, e["ts"])
             anchors[tp] = event
+            applied = False  # in a funnel, not as a duplicate: one event-lag sample however many
             for funnel in targets:
                 result = apply_event(state, e, funnel)
                 if result.entries:
@@ -189,10 +190,12 @@ class JourneyAgent:
                 if result.duplicate:
                     tally.inc(m.child(m.duplicate_events, funnel.name))
                     continue
-                tally.observe(m.event_lag, max(0.0, now - e["ts"] / 1000.0))
+                applied = True
                 if late:
                     tally.inc(m.child(m.late_events, funnel.name))
                 self._count(tally, funnel.name, e, result)
+            if applied:
+                tally.observe(m.event_lag, max(0.0, now - e["ts"] / 1000.0))
         for table, rows_of in (("dropoffs", dropoffs), ("events", events), ("stage_entries", entries),
                                ("transitions", transitions), ("identities", identified.links)):
             if rows_of:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from schemas import FunnelsConfig
+from schemas import DEFAULT_FUNNEL, FunnelsConfig
 from streams.pipeline import Pipeline
 from tests.unit.streams.agents.test_identity import T0, World, counter, final, make_pipeline
 
@@ -160,3 +160,19 @@ def test_any_order_of_links_refunds_and_late_events_gives_the_same_rows_and_exac
         assert_counters_match_rows(world.pipeline)
         results.append((rows(world.pipeline), rows(world.pipeline, "transitions")))
     assert results[0] == results[1]
+
+
+def test_an_event_in_two_funnels_is_one_event_lag_sample(make_pipeline: Any) -> None:
+    """funnel_event_lag_seconds observes each event once, however many funnels it feeds;
+    a replayed event (a duplicate in every funnel) adds nothing."""
+    both = FunnelsConfig(funnels=(DEFAULT_FUNNEL, *B2B.funnels))
+    world = World(make_pipeline(direct=True, funnels=both))
+    visit = world.event("visit", user="u1", at=day(0), properties={"page": "/pricing"})
+    world.send(visit, world.event("signup", user="u1", at=day(1)),
+               world.event("webinar", user="u1", at=day(2)))
+    world.deliver()
+    world.send(visit)
+    world.deliver()
+    assert counter(world.pipeline, "funnel_events_total", funnel="b2b", event_type="visit") == 2
+    assert counter(world.pipeline, "funnel_duplicate_events_total", funnel="b2b") == 1
+    assert counter(world.pipeline, "funnel_event_lag_seconds_count") == 3
