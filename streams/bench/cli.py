@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true",
                    help="the issue's sizes: 200k events, 50k naive, 10k events/s for 60s, 1M users, "
                    "10M SQL events")
-    p.add_argument("--events", type=int, help="distinct events pre-produced (quick 10000, full 200000)")
+    p.add_argument("--events", type=int,
+                   help="distinct events pre-produced (quick 100000: five agent batches, so that the "
+                   "pipeline rate can be timed; full 200000)")
     p.add_argument("--naive-events", type=int, help="events the naive agent processes (quick 5000, "
                    "full 50000)")
     p.add_argument("--fresh-rate", type=float, help="freshness offered load, events/s (10000)")

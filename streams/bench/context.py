@@ -28,7 +28,7 @@ class Sizes:
     drain_seconds: float  # freshness: longest wait for the backlog after the load stops
 
 
-QUICK = Sizes(events=10_000, naive_events=5_000, fresh_rate=10_000, fresh_seconds=5,
+QUICK = Sizes(events=100_000, naive_events=5_000, fresh_rate=10_000, fresh_seconds=5,
               memory_users=5_000, sql_events=1_000_000, drain_seconds=5)
 FULL = Sizes(events=200_000, naive_events=50_000, fresh_rate=10_000, fresh_seconds=60,
              memory_users=1_000_000, sql_events=10_000_000, drain_seconds=60)

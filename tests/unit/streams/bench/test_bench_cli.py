@@ -11,6 +11,7 @@ import pytest
 
 from streams.bench import cli
 from streams.bench.context import FULL, QUICK
+from streams.settings import Settings
 
 NO_DEFAULT = Path(__file__).with_name("no_default_funnel.yml")
 
@@ -44,6 +45,10 @@ def test_sizes_quick_full_and_overrides() -> None:
     parse = cli._parser().parse_args
     assert cli.sizes_from(parse([])) == QUICK
     assert cli.sizes_from(parse(["--full"])) == FULL
+    # The pipeline rate is timed between /metrics samples, which move once per agent batch:
+    # a backlog of one batch is consumed in one step and cannot be timed (it printed nan).
+    batch = Settings.model_fields["batch_max_events"].default
+    assert QUICK.events >= 3 * batch and FULL.events >= 3 * batch
     sizes = cli.sizes_from(parse(["--full", "--memory-users", "5", "--fresh-rate", "100"]))
     assert (sizes.memory_users, sizes.fresh_rate, sizes.sql_events) == (5, 100.0, FULL.sql_events)
     # The sizes for the figures it sets targets on.
