@@ -76,6 +76,8 @@ class JourneyTable(faust.Table):
         super().__init__(*args, **kwargs)
         self._unsent: list[ChangelogRecord] = []
         self._kept: dict[int, _Kept] = {}
+        # Held while one caller's records are handed to the producer (see produce_changelog).
+        self._producing = asyncio.Lock()
         # Raw keys and JSON values, JSON by orjson: records are made without
         # Faust's codec layers (send_changelog).
         self._plain_codecs = (self.key_serializer == "raw" and self.value_serializer == "json"
@@ -160,14 +162,27 @@ class JourneyTable(faust.Table):
     async def produce_changelog(self, records: Sequence[ChangelogRecord]) -> list[asyncio.Future[Any]]:
         """Hand ``records`` to the Kafka producer, one batch per partition; the batches' futures.
 
+        Callers hand their records over one after the other, in the order
+        they took them: a record is a key's whole value, and the last one in
+        its partition is what a restart recovers. Two agents write the table
+        (journey, and ingest on the direct path), and the producer may make
+        a send wait (a partition's previous batch still in flight); without
+        the lock, the agent that wrote a key second could get its record in
+        ahead of the first one's, and a restart would recover the older
+        value while the rows of the newer one are in ClickHouse (the crash
+        test lost transitions that way). The lock is taken before the first
+        await, so the order is that of :meth:`take_changelog`; it is held
+        only while the batches are appended, not while they are delivered.
+
         Each delivered batch records its partition's persisted offset, as
         Faust's per-record callback does (the RocksDB store starts its
         recovery there); the batch's first offset, so a restart may read a
         few records again, never skip one.
         """
         topic = self.changelog_topic.get_topic_name()
-        return await produce_batches(self.app, topic, records,
-                                     lambda future, partition: self._sent(future, TP(topic, partition)))
+        async with self._producing:
+            return await produce_batches(self.app, topic, records,
+                                         lambda future, partition: self._sent(future, TP(topic, partition)))
 
     def _sent(self, future: asyncio.Future[Any], tp: TP) -> asyncio.Future[Any]:
         def persisted(done: asyncio.Future[Any]) -> None:

@@ -103,3 +103,47 @@ def test_the_active_partitions_are_the_changelog_s_assigned_actives(
     actives = {TP(changelog, 0), TP(changelog, 3), TP("t.visit", 1), TP("t.normalized", 2)}
     monkeypatch.setattr(journeys.app.assignor, "assigned_actives", lambda: actives)
     assert journeys.active_partitions() == {0, 3}
+
+
+class _DrainingKafka(Kafka):
+    """A producer whose send to ``slow`` waits, as aiokafka's does while that partition's batch drains."""
+
+    def __init__(self, slow: int) -> None:
+        super().__init__(room=100)
+        self.slow, self.drained = slow, asyncio.Event()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        if partition == self.slow:
+            await self.drained.wait()
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+def test_two_writers_records_reach_the_producer_in_the_order_they_were_taken(
+        journeys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last record of a key in its partition is what a restart recovers: it must be the newest.
+
+    The ingest agent (direct path) takes its records, then its send to
+    partition 0 waits; meanwhile the journey agent writes the same user
+    again. Its record must still come after the ingest agent's.
+    """
+    kafka = _DrainingKafka(slow=0)
+    monkeypatch.setattr(journeys.app.producer, "_ensure_producer", lambda: kafka)
+    monkeypatch.setattr(journeys.data, "set_persisted_offset", lambda tp, offset: None)
+    events = {p: Event(SimpleNamespace(topic="t.normalized", partition=p), []) for p in (0, 2)}
+
+    async def two_writers() -> None:
+        journeys.put(b"a", {"f": 1}, events[0])
+        journeys.put(b"u", {"old": 1}, events[2])
+        first = asyncio.ensure_future(journeys.produce_changelog(journeys.take_changelog()))
+        await asyncio.sleep(0)  # the first writer now waits on partition 0
+        journeys.put(b"u", {"new": 1}, events[2])
+        second = asyncio.ensure_future(journeys.produce_changelog(journeys.take_changelog()))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        kafka.drained.set()
+        for futures in await asyncio.gather(first, second):
+            await asyncio.gather(*futures)
+
+    asyncio.run(two_writers())
+    in_partition_2 = [record for _, p, batch in kafka.sent if p == 2 for record in batch]
+    assert [value for key, value in in_partition_2 if key == b"u"] == [b'{"old":1}', b'{"new":1}']
