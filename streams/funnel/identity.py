@@ -241,19 +241,21 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
     reached: dict[str, list[Any]] = fs["st"]
     both: list[str] = []
     moved: list[tuple[int, int]] = []  # (stage index, entry time) of entries new or earlier here
+    earlier: list[str] = []  # the person's stages whose entry moves earlier
     for stage, at in sorted(theirs["st"].items(), key=lambda item: item[1][0]):
         mine = reached.get(stage)
         if mine is not None:
             both.append(stage)
             if at[0] >= mine[0]:
                 continue
+            earlier.append(stage)
             fs["ver"] += 1
             reached[stage] = [at[0], at[1], fs["ver"]]
         else:
             reached[stage] = [at[0], at[1]]
         moved.append((info.key(stage), at[0]))
     counted = {to: tr for to, tr in theirs["tr"].items() if tr[0] is not None}
-    _retransition(result, fs, info, person, channel, counted)
+    _retransition(result, fs, info, person, channel, counted, earlier)
     for index, ts in moved:
         if fs.get("drops"):
             _retract_dropoffs(result, fs, info, person, index, ts)

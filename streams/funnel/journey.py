@@ -180,8 +180,10 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
 
     excluded = fs.get("ex", False)
     dims_now = breakdown(dims)
+    moved = []  # stages whose entry moves earlier: their transitions move with them
     for stage, stage_index in entered:
         if stage in reached:  # an earlier event of the stage, arrived late: the entry moves to it
+            moved.append(stage)
             version = fs["ver"] = fs["ver"] + 1
             reached[stage] = [ts, event_id, version]
             result.entries.append(new_entry(name, stage, stage_index, user, ts, channel, event_id,
@@ -194,7 +196,7 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         fs["last"] = ts
     # The transitions the walk wants that differ from the emitted ones (new,
     # moved or retracted) get the next versions, in funnel order.
-    _retransition(result, fs, info, user, channel)
+    _retransition(result, fs, info, user, channel, moved=moved)
     if fs.get("drops"):
         _retract_dropoffs(result, fs, info, user, entered[-1][1], ts)
     if "xt" in fs and _reexclude(result, fs, info, user, [e.stage for e in result.entries if e.new]):
@@ -245,13 +247,15 @@ def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: s
 
 
 def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str, channel: str,
-                  counted: dict[str, Any] | None = None) -> None:
+                  counted: dict[str, Any] | None = None, moved: Collection[str] = ()) -> None:
     """The transitions the walk over ``fs``'s stages wants that differ from the emitted ones.
 
     New, moved or retracted ones get the next versions, in funnel order; one
     is ``first`` (a new conversion, counted) when neither ``fs`` nor
     ``counted`` (the emitted transitions of a journey merged into it) has one
-    into its stage.
+    into its stage. A transition from or to a stage of ``moved`` (whose entry
+    moved to an earlier time) is emitted again even with the same stages: its
+    times and duration changed.
     """
     desired = _walk(fs["st"], info.index, info.limits)
     emitted: dict[str, list[Any]] = fs["tr"]
@@ -263,7 +267,7 @@ def _retransition(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user
             changes.append((to, want, None))
         else:
             kept += 1
-            if have[0] != want:
+            if have[0] != want or (moved and (to in moved or want in moved)):
                 changes.append((to, want, have))
     if kept != len(emitted):  # some emitted ones are no longer wanted: retract them
         for to, have in emitted.items():

@@ -306,3 +306,16 @@ def test_a_replay_that_applied_more_before_the_link_still_merges_it(make_pipelin
     world.deliver()
     assert persons(pipeline) == {"visit": {"u1"}, "signup": {"u1"}, "webinar": {"u1"}}
     assert transitions(pipeline) == {("visit", "signup", "u1"), ("signup", "webinar", "u1")}
+
+
+def test_a_merge_that_moves_an_entry_earlier_moves_its_transitions(make_pipeline: Any) -> None:
+    """The anonymous signup is earlier than the person's: visit -> signup and signup -> webinar move to it."""
+    pipeline = make_pipeline(direct=True)
+    world = World(pipeline)
+    world.send(world.event("visit", user="u1", at=0), world.event("signup", user="u1", at=300),
+               world.event("webinar", user="u1", at=400), world.event("signup", anon="a1", at=100))
+    world.deliver()
+    world.send(world.event("consultation", user="u1", anon="a1", at=500))  # the link
+    world.deliver()
+    assert {(r["from_stage"], r["to_stage"], r["seconds"]) for r in final(pipeline, "transitions")} == {
+        ("visit", "signup", 100.0), ("signup", "webinar", 300.0), ("webinar", "consultation", 100.0)}

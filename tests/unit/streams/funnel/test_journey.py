@@ -522,3 +522,24 @@ def test_each_funnel_definition_uses_its_own_stage_positions(make_event) -> None
         [result] = apply_all({}, [make_event("signup")], definition)
         assert result.entries[0].stage_index == stages.index("signup")
         del definition
+
+
+def test_an_earlier_event_of_a_stage_arriving_late_moves_its_transitions(make_event) -> None:
+    """The signup's entry moves to the earlier signup: so do visit -> signup and signup -> webinar.
+
+    Found by tests/unit/streams/agents/test_order_properties.py: the walk
+    still wanted the same from-stages, so the transitions kept the times of
+    the later signup (visit -> signup took 300 s instead of 100 s).
+    """
+    events = [make_event("visit", at=0), make_event("signup", at=300), make_event("webinar", at=400),
+              make_event("signup", at=100)]
+    results = apply_all({}, events)
+    _, transitions = Final().write(results).rows(with_versions=False)
+    assert sorted((row[1], row[2], row[8]) for row in transitions) == [
+        ("signup", "webinar", 300.0), ("visit", "signup", 100.0)]
+    # Corrections, not new conversions; in funnel order, after the moved entry's version (3).
+    assert transitions_of(results[3:]) == [("visit", "signup", 100.0, 4, False, False),
+                                           ("signup", "webinar", 300.0, 5, False, False)]
+    # The same events in event time give the same tables.
+    in_order = apply_all({}, sorted(events, key=lambda e: e["ts"]))
+    assert Final().write(in_order).rows(with_versions=False)[1] == transitions
