@@ -385,7 +385,10 @@ def _walk(reached: dict[str, list[Any]], index: dict[str, int], limits: dict[str
     that after the stage it comes from is reached, but is no transition.
     """
     stages = iter(reached.items())
-    furthest, entered = next(stages)
+    first = next(stages, None)
+    if first is None:  # a merge of journeys the funnel read events of, none of which entered a stage
+        return {}
+    furthest, entered = first
     last_ts = entered[0]
     last_index = furthest_index = index.get(furthest, -1)
     transitions: dict[str, str] = {}

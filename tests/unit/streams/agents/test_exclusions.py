@@ -176,3 +176,21 @@ def test_an_event_in_two_funnels_is_one_event_lag_sample(make_pipeline: Any) -> 
     assert counter(world.pipeline, "funnel_events_total", funnel="b2b", event_type="visit") == 2
     assert counter(world.pipeline, "funnel_duplicate_events_total", funnel="b2b") == 1
     assert counter(world.pipeline, "funnel_event_lag_seconds_count") == 3
+
+
+def test_a_link_merging_a_journey_without_stages_is_no_error(world: World) -> None:
+    """The anonymous purchase (in GBP) enters no b2b stage, but the funnel read it: its journey has no stages.
+
+    Merging it into a person without a b2b journey walked no stages and
+    raised StopIteration out of the journey agent's batch (found by
+    tests/unit/streams/agents/test_order_properties.py).
+    """
+    world.send(world.event("purchase", anon="a1", at=day(0), currency="GBP"))
+    world.deliver()
+    world.send(world.event("webinar", user="u1", anon="a1", at=day(1)))  # the link; b2b reads no webinar
+    world.deliver()
+    assert rows(world.pipeline) == set()
+    world.send(world.event("visit", anon="a1", at=day(2)))
+    world.deliver()
+    assert rows(world.pipeline) == {("visit", "u1", ts(2), 0)}
+    assert_counters_match_rows(world.pipeline)
