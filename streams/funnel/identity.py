@@ -52,6 +52,7 @@ from streams.funnel.journey import (
     _emit_all,
     _new_funnel_state,
     _reexclude,
+    _remeasure_dropoffs,
     _retract_dropoffs,
     _retransition,
     _transition,
@@ -256,6 +257,8 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
         moved.append((info.key(stage), at[0]))
     counted = {to: tr for to, tr in theirs["tr"].items() if tr[0] is not None}
     _retransition(result, fs, info, person, channel, counted, earlier)
+    if earlier and fs.get("drops"):
+        _remeasure_dropoffs(result, fs, info, person, earlier)
     for index, ts in moved:
         if fs.get("drops"):
             _retract_dropoffs(result, fs, info, person, index, ts)

@@ -198,6 +198,8 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
     # moved or retracted) get the next versions, in funnel order.
     _retransition(result, fs, info, user, channel, moved=moved)
     if fs.get("drops"):
+        if moved:
+            _remeasure_dropoffs(result, fs, info, user, moved)
         _retract_dropoffs(result, fs, info, user, entered[-1][1], ts)
     if "xt" in fs and _reexclude(result, fs, info, user, [e.stage for e in result.entries if e.new]):
         return result
@@ -359,6 +361,27 @@ def _retract_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, 
         if not deleted and info.index.get(stage, -1) < index and ts <= dropped_ts:
             fs["ver"] += 1
             fs["drops"][stage] = [fs["ver"], dropped_ts, True]
+            result.dropoffs.append(_dropoff(fs, info, user, stage))
+
+
+def _remeasure_dropoffs(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: str,
+                        moved: Collection[str]) -> None:
+    """Drop-offs at stages whose entry moved earlier: their window ends that much earlier.
+
+    ``dropped_at`` is ``entered_at`` + the window; a live drop-off is written
+    again with the new times, a retracted one only keeps them.
+    """
+    drops: dict[str, list[Any]] = fs["drops"]
+    window = window_ms(info.definition)
+    for stage in moved:
+        drop = drops.get(stage)
+        if drop is None:
+            continue
+        version, _, deleted = drop
+        if not deleted:
+            version = fs["ver"] = fs["ver"] + 1
+        drops[stage] = [version, fs["st"][stage][0] + window, deleted]
+        if not deleted:
             result.dropoffs.append(_dropoff(fs, info, user, stage))
 
 

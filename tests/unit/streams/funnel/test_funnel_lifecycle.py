@@ -188,3 +188,26 @@ def test_no_dropoff_for_users_who_moved_on_or_finished(make_event) -> None:
         apply_event(buyer, make_event(stage, "b", at=i), DAY_FUNNEL)
     stage, entered = furthest(buyer, DAY_FUNNEL) or ("", 0)
     assert expire_window(buyer, DAY_FUNNEL, "b", stage, entered) is None  # the last stage
+
+
+@pytest.mark.parametrize("channel", [None, "ads"], ids=["same-touch", "earlier-touch"])
+def test_a_dropoff_whose_entry_moves_earlier_ends_its_window_that_much_earlier(make_event, channel) -> None:
+    """dropped_at is entered_at + the window (the DDL says so), also once the entry moved.
+
+    A signup at hour 10 dropped off at hour 34; a signup at hour 2 arrives
+    late. Before, the drop-off kept hour 34: not written again (same touch),
+    or written again by the re-attribution with entered_at hour 2 and
+    dropped_at hour 34 (found by tests/unit/streams/agents/test_order_properties.py).
+    """
+    state: UserState = {}
+    apply_event(state, make_event("signup", "u1", at=10 * 3600), DAY_FUNNEL)
+    drop = expire_window(state, DAY_FUNNEL, "u1", "signup", furthest(state, DAY_FUNNEL)[1])
+    assert drop is not None
+    late = make_event("signup", "u1", at=2 * 3600, channel=channel)
+    result = apply_event(state, late, DAY_FUNNEL)
+    [moved] = set(result.dropoffs)  # once, or twice alike (the re-attribution writes every row again)
+    assert (moved.entered_ts, moved.dropped_ts, moved.deleted) == (
+        late["ts"], late["ts"] + window_ms(DAY_FUNNEL), False)
+    assert moved.version > drop.version and not moved.first
+    # Progress after the earlier window's end no longer retracts it.
+    assert apply_event(state, make_event("webinar", "u1", at=30 * 3600), DAY_FUNNEL).dropoffs == []
