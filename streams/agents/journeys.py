@@ -41,6 +41,12 @@ from streams.topics import partition_of
 __all__ = ["JourneyAgent"]
 
 
+def _batch_order(triple: tuple[Any, Any, Any]) -> int:
+    """Sort key of a batch: merge records first (in arrival order), then events by event time."""
+    e = triple[2]
+    return -1 if "merge" in e else e["ts"]
+
+
 class _Identified:
     """Where identity decisions put their rows, window memberships, records and counts (one batch)."""
 
@@ -133,8 +139,11 @@ class JourneyAgent:
         # One user's events come from five topics, so ingest can pass them on
         # out of event-time order; applying each batch in event-time order
         # repairs that whenever they meet in one batch (stable sort: ties keep
-        # arrival order).
-        decoded = sorted(batch, key=lambda triple: triple[2]["ts"])
+        # arrival order). Merge records come first: an event of the anonymous
+        # id forwarded after the link (behind its merge record on the topic)
+        # but older than it must find the event ids the anonymous journey saw,
+        # or a producer's retry of one of them is applied again.
+        decoded = sorted(batch, key=_batch_order)
         homes, routes, journeys, observe = self.homes, self.routes, self.table, self.watermarks.observe
         # This batch's rows, in order, handed to the sink after the loop.
         events: list[tuple[Any, ...]] = []

@@ -319,3 +319,26 @@ def test_a_merge_that_moves_an_entry_earlier_moves_its_transitions(make_pipeline
     world.deliver()
     assert {(r["from_stage"], r["to_stage"], r["seconds"]) for r in final(pipeline, "transitions")} == {
         ("visit", "signup", 100.0), ("signup", "webinar", 300.0), ("webinar", "consultation", 100.0)}
+
+
+def test_a_retry_of_an_anonymous_event_forwarded_after_the_link_is_a_duplicate_for_the_person(
+        make_pipeline: Any) -> None:
+    """The retry reaches the person's partition in the batch of the link's merge record, and is older.
+
+    Applied in event time, it came before the merge record that brings the
+    event ids the anonymous journey had seen, so it was applied again: its
+    revenue counted twice, no duplicate counted (found by
+    tests/unit/streams/agents/test_order_properties.py).
+    """
+    pipeline = make_pipeline(direct=True)
+    world = World(pipeline)
+    purchase = world.event("purchase", anon="a1", at=0)
+    world.send(purchase)
+    world.deliver()
+    world.send(world.event("signup", user="u1", anon="a1", at=60))  # the link: its merge record waits
+    world.send(purchase + b" ")  # a producer's retry of the anonymous purchase: forwarded to u1
+    world.deliver()  # the merge record, the link and the retry: one batch
+    assert counter(pipeline, "funnel_duplicate_events_total", funnel="default") == 1
+    assert counter(pipeline, "funnel_revenue_total", funnel="default", channel="direct", currency="EUR") == 10
+    assert persons(pipeline) == {"purchase": {"u1"}, "signup": {"u1"}}
+    assert entries_counted(pipeline, "purchase") == 1
