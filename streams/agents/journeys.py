@@ -392,11 +392,11 @@ class JourneyAgent:
         if result.excluded < 0:  # every entry came again: each counts once more (excluded - 1 + 1)
             for entry in result.entries:
                 tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
-            return channel
-        for entry in result.entries:
-            if entry.new and not entry.excluded:
-                tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
-        for tr in result.transitions:
+        else:
+            for entry in result.entries:
+                if entry.new and not entry.excluded:
+                    tally.inc(m.child(m.stage_entries, funnel, entry.stage, channel))
+        for tr in result.transitions:  # a first one too when the exclusion just ended
             if tr.first and not tr.excluded:  # a correction is not a new conversion
                 tally.inc(m.child(m.transitions, funnel, tr.from_stage, tr.to_stage, channel))
                 tally.observe(m.child(m.transition_duration, funnel, tr.from_stage, tr.to_stage),

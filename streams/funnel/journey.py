@@ -218,7 +218,8 @@ def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: s
     entry of the last stage (any time after the first entry while they have
     not entered it). A change re-emits every row under a higher version, with
     ``result.excluded`` +1 (now excluded) or -1 (no longer). The entries of
-    ``fresh`` stages (entered by the event at hand, never counted) stay ``new``.
+    ``fresh`` stages (entered by the event at hand, never counted) stay ``new``,
+    and the transitions ``result`` had as ``first`` stay ``first``.
     """
     reached: dict[str, list[Any]] = fs["st"]
     now = False
@@ -238,6 +239,7 @@ def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: s
         emitted[to] = [from_stage, version]
     for stage, (_, dropped_ts, deleted) in fs.get("drops", {}).items():
         fs["drops"][stage] = [version, dropped_ts, deleted]
+    firsts = {t.to_stage for t in result.transitions if t.first}
     result.entries.clear()
     result.transitions.clear()
     result.dropoffs.clear()
@@ -245,6 +247,9 @@ def _reexclude(result: JourneyResult, fs: dict[str, Any], info: _Funnel, user: s
     _emit_all(result, fs, info, user)
     if fresh:
         result.entries[:] = [replace(e, new=True) if e.stage in fresh else e for e in result.entries]
+    if firsts:
+        result.transitions[:] = [replace(t, first=True) if t.to_stage in firsts else t
+                                 for t in result.transitions]
     return True
 
 

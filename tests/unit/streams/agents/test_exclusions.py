@@ -194,3 +194,21 @@ def test_a_link_merging_a_journey_without_stages_is_no_error(world: World) -> No
     world.deliver()
     assert rows(world.pipeline) == {("visit", "u1", ts(2), 0)}
     assert_counters_match_rows(world.pipeline)
+
+
+def test_a_transition_that_appears_with_the_event_that_ends_an_exclusion_is_counted(world: World) -> None:
+    """The refund (in GBP: no stage) excludes the person; a purchase before it enters won and ends that.
+
+    visit -> won first appears with that purchase, not excluded: a new
+    conversion. Before, the re-emission of every row (the mark changed) lost
+    its ``first`` and funnel_transitions_total stayed 0 (found by
+    tests/unit/streams/agents/test_order_properties.py).
+    """
+    world.send(world.event("visit", user="u1", at=day(0)))
+    world.send(world.event("purchase", user="u1", at=day(2), properties={"refunded": True}, currency="GBP"))
+    world.send(world.event("purchase", user="u1", at=day(1)))
+    world.deliver()
+    assert rows(world.pipeline, "transitions") == {("visit", "won", "u1", 0)}
+    assert_counters_match_rows(world.pipeline)
+    assert counter(world.pipeline, "funnel_transitions_total", funnel="b2b", from_stage="visit",
+                   to_stage="won", channel="direct") == 1
