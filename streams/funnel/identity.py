@@ -56,6 +56,7 @@ from streams.funnel.journey import (
     _retract_dropoffs,
     _retransition,
     _transition,
+    latest_entry,
 )
 from streams.funnel.outputs import DEFAULT_CHANNEL, JourneyResult, breakdown, new_entry
 from streams.funnel.stages import compiled
@@ -236,7 +237,6 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
     fs["seen"] = ([e for e in theirs["seen"] if e not in known] + fs["seen"])[-SEEN_LIMIT:]
     bought = set(fs["buys"])
     fs["buys"] = ([e for e in theirs["buys"] if e not in bought] + fs["buys"])[-SEEN_LIMIT:]
-    fs["last"] = max(fs["last"], theirs["last"])
     channel = fs["ch"] or DEFAULT_CHANNEL
     result = JourneyResult(False, [], [], [], channel, "")
     reached: dict[str, list[Any]] = fs["st"]
@@ -255,6 +255,7 @@ def _merge_funnel(fs: dict[str, Any], theirs: dict[str, Any], definition: Funnel
         else:
             reached[stage] = [at[0], at[1]]
         moved.append((info.key(stage), at[0]))
+    fs["last"] = latest_entry(reached)  # an entry of the person's may be earlier now
     counted = {to: tr for to, tr in theirs["tr"].items() if tr[0] is not None}
     _retransition(result, fs, info, person, channel, counted, earlier)
     if earlier and fs.get("drops"):

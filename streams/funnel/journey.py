@@ -61,6 +61,7 @@ __all__ = [
     "apply_event",
     "expire_window",
     "furthest",
+    "latest_entry",
     "window_ms",
 ]
 
@@ -192,7 +193,9 @@ def apply_event(state: UserState, event: NormalizedEvent, funnel: FunnelDefiniti
         reached[stage] = [ts, event_id]
         result.entries.append(new_entry(name, stage, stage_index, user, ts, channel, event_id, dims_now,
                                         True, 1, False, excluded))
-    if ts > fs["last"]:  # fs["last"] = max(fs["last"], ts)
+    if moved:  # the latest entry may be earlier now (stalled leads measure from it)
+        fs["last"] = latest_entry(reached)
+    elif ts > fs["last"]:  # fs["last"] = max(fs["last"], ts)
         fs["last"] = ts
     # The transitions the walk wants that differ from the emitted ones (new,
     # moved or retracted) get the next versions, in funnel order.
@@ -316,6 +319,11 @@ def _first_event(state: UserState, info: _Funnel, event: NormalizedEvent,
         result.entries.append(new_entry(info.name, stage, stage_index, event["person_id"], ts, channel,
                                         event_id, new_breakdown(*dims), True, 1, False, False))
     return result
+
+
+def latest_entry(reached: dict[str, list[Any]]) -> int:
+    """A funnel state's ``last``: its latest stage entry time (0 for none, or none after 1970)."""
+    return max(0, max((at[0] for at in reached.values()), default=0))
 
 
 def furthest(state: UserState, funnel: FunnelDefinition) -> tuple[str, int] | None:

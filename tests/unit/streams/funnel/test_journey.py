@@ -543,3 +543,26 @@ def test_an_earlier_event_of_a_stage_arriving_late_moves_its_transitions(make_ev
     # The same events in event time give the same tables.
     in_order = apply_all({}, sorted(events, key=lambda e: e["ts"]))
     assert Final().write(in_order).rows(with_versions=False)[1] == transitions
+
+
+def test_last_progress_follows_an_entry_that_moves_earlier(make_event) -> None:
+    """``last`` (what stalled leads measure from) is the latest stage entry, as the
+    ``stalled_leads`` view's max(ts) over stage_entries FINAL: a late earlier event of the
+    latest stage, or a merge bringing one, makes it earlier."""
+    from streams.funnel import identity
+
+    state: UserState = {}
+    visit, signup, early = (make_event("visit", at=0), make_event("signup", at=300),
+                            make_event("signup", at=100))
+    apply_all(state, [visit, signup])
+    assert state["default"]["last"] == signup["ts"]
+    apply_all(state, [early])
+    assert state["default"]["last"] == early["ts"]
+    # A merge: the anonymous journey's signup is earlier than the person's.
+    person: UserState = {}
+    apply_all(person, [visit, signup])
+    anonymous: UserState = {}
+    apply_all(anonymous, [make_event("signup", None, at=100, anonymous_id="a1", person_id="a1")])
+    identity.merge(person, "a1", identity.journey_of(anonymous, {"default": DEFAULT}), {"default": DEFAULT},
+                   "u1")
+    assert person["default"]["last"] == early["ts"]
